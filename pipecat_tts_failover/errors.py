@@ -1,0 +1,36 @@
+"""Exceptions raised by pipecat-tts-failover.
+
+The tree is small on purpose::
+
+    FailoverError                 base of everything this package raises
+    ├── AllProvidersFailedError   every provider failed one sentence (carried on
+    │                             the ErrorFrame pushed upstream, never raised
+    │                             into the pipeline)
+    └── HealthStoreError          a health store could not be used as configured
+
+Bad configuration raises the built-in ``ValueError`` or ``TypeError`` at
+construction, naming the argument.
+"""
+
+
+class FailoverError(Exception):
+    """Base class for errors of pipecat-tts-failover."""
+
+
+class AllProvidersFailedError(FailoverError):
+    """Every provider failed to speak one sentence.
+
+    Args:
+        text: The sentence that went unspoken.
+        failures: ``(provider_id, reason)`` pairs, in the order they were tried.
+    """
+
+    def __init__(self, text: str, failures: list[tuple[str, str]]):
+        self.text = text
+        self.failures = failures
+        tried = ", ".join(f"{pid} ({reason})" for pid, reason in failures)
+        super().__init__(f"every TTS provider failed the sentence: {tried}")
+
+
+class HealthStoreError(FailoverError):
+    """A health store could not be used as configured."""

@@ -1,0 +1,80 @@
+"""The HealthStore protocol: where provider health lives between calls."""
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from pipecat_tts_failover.detection import FailureReason
+
+Clock = Callable[[], float]
+"""A function returning wall-clock seconds (``time.time`` by default).
+
+Health is shared between processes, so stores keep wall-clock time, not
+monotonic time.
+"""
+
+wall_clock: Clock = time.time
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    """What a store knows about one provider.
+
+    Parameters:
+        provider_id: The normalized provider id.
+        down_until: Wall-clock time the current mark-down ends, or None if the
+            provider is not marked down.
+        reason: Why it was marked down.
+        since: Wall-clock time it was marked down.
+        failures: Consecutive failed sentences recorded since the last success.
+    """
+
+    provider_id: str
+    down_until: float | None = None
+    reason: FailureReason | None = None
+    since: float | None = None
+    failures: int = 0
+
+    def is_down(self, now: float) -> bool:
+        """Whether the provider is marked down at ``now``."""
+        return self.down_until is not None and now < self.down_until
+
+
+@runtime_checkable
+class HealthStore(Protocol):
+    """Where provider health is kept, so new calls start on a healthy provider.
+
+    Every method must return quickly: ``FailoverTTSService`` reads health when
+    a call starts and writes from a background task, never on the audio path,
+    but a store that waits on the network should still answer reads from a
+    local view and queue its writes.
+
+    ``mark_down`` and ``mark_up`` return whether *this* call changed the state,
+    so exactly one caller (in a fleet: one worker) sees ``True`` per incident;
+    alerts are deduplicated on that.
+    """
+
+    async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
+        """Return the health of each provider (a healthy record for unknown ones)."""
+        ...
+
+    async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
+        """Count a failed sentence; return the consecutive failure count."""
+        ...
+
+    async def record_success(self, provider_id: str) -> None:
+        """Reset the consecutive failure count after a spoken sentence."""
+        ...
+
+    async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:
+        """Mark a provider down for ``cooldown`` seconds; True if it was up before."""
+        ...
+
+    async def mark_up(self, provider_id: str) -> bool:
+        """Mark a provider healthy; True if it was down before."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the store holds. Safe to call twice."""
+        ...

@@ -1,0 +1,78 @@
+"""InMemoryHealthStore: provider health shared by the calls of one process."""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.store.base import Clock, ProviderHealth, wall_clock
+
+
+class InMemoryHealthStore:
+    """Provider health kept in this process.
+
+    Every ``FailoverTTSService`` built without a ``store`` shares one instance
+    (see :func:`default_store`), so a provider marked down by one call is
+    skipped by the next call in the same process until its cooldown ends.
+
+    Args:
+        clock: Wall-clock source, injectable for tests.
+    """
+
+    def __init__(self, *, clock: Clock = wall_clock):
+        self._clock = clock
+        self._health: dict[str, ProviderHealth] = {}
+
+    async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
+        """Return the health of each provider (a healthy record for unknown ones)."""
+        return {pid: self._health.get(pid) or ProviderHealth(pid) for pid in provider_ids}
+
+    async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
+        """Count a failed sentence; return the consecutive failure count."""
+        health = self._health.get(provider_id) or ProviderHealth(provider_id)
+        failures = health.failures + 1
+        self._health[provider_id] = dataclasses.replace(health, failures=failures)
+        return failures
+
+    async def record_success(self, provider_id: str) -> None:
+        """Reset the consecutive failure count after a spoken sentence."""
+        health = self._health.get(provider_id)
+        if health is not None and health.failures:
+            self._health[provider_id] = dataclasses.replace(health, failures=0)
+
+    async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:
+        """Mark a provider down for ``cooldown`` seconds; True if it was up before."""
+        now = self._clock()
+        health = self._health.get(provider_id) or ProviderHealth(provider_id)
+        if health.is_down(now):
+            return False
+        self._health[provider_id] = dataclasses.replace(
+            health, down_until=now + cooldown, reason=reason, since=now
+        )
+        return True
+
+    async def mark_up(self, provider_id: str) -> bool:
+        """Mark a provider healthy; True if it was down before."""
+        health = self._health.get(provider_id)
+        if health is None:
+            return False
+        was_down = health.is_down(self._clock())
+        self._health[provider_id] = ProviderHealth(provider_id)
+        return was_down
+
+    async def close(self) -> None:
+        """Nothing to release; present for the protocol."""
+
+    def reset(self) -> None:
+        """Forget everything (for tests and operators)."""
+        self._health.clear()
+
+
+_default: InMemoryHealthStore | None = None
+
+
+def default_store() -> InMemoryHealthStore:
+    """The in-memory store shared by every FailoverTTSService of this process."""
+    global _default
+    if _default is None:
+        _default = InMemoryHealthStore()
+    return _default
