@@ -56,7 +56,11 @@ class HealthStore(Protocol):
     """
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
-        """Return the health of each provider (a healthy record for unknown ones)."""
+        """Return the health of each provider (a healthy record for unknown ones).
+
+        A record has ``down_until`` set only while its mark-down is in force:
+        one whose cooldown has run out reads as healthy.
+        """
         ...
 
     async def record_failure(self, provider_id: str, reason: FailureReason) -> int:

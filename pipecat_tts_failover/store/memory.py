@@ -24,7 +24,8 @@ class InMemoryHealthStore:
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
         """Return the health of each provider (a healthy record for unknown ones)."""
-        return {pid: self._health.get(pid) or ProviderHealth(pid) for pid in provider_ids}
+        now = self._clock()
+        return {pid: self._current(pid, now) for pid in provider_ids}
 
     async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
         """Count a failed sentence; return the consecutive failure count."""
@@ -58,6 +59,14 @@ class InMemoryHealthStore:
         was_down = health.is_down(self._clock())
         self._health[provider_id] = ProviderHealth(provider_id)
         return was_down
+
+    def _current(self, provider_id: str, now: float) -> ProviderHealth:
+        """The provider's record, with a mark-down that has run out cleared."""
+        health = self._health.get(provider_id) or ProviderHealth(provider_id)
+        if health.down_until is not None and not health.is_down(now):
+            health = dataclasses.replace(health, down_until=None, reason=None, since=None)
+            self._health[provider_id] = health
+        return health
 
     async def close(self) -> None:
         """Nothing to release; present for the protocol."""

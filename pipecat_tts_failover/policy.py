@@ -1,0 +1,126 @@
+"""Which provider a call and each of its sentences use: threshold and stickiness.
+
+Pure: no I/O, no clock of its own. ``FailoverTTSService`` feeds it the health
+read from the store when the call starts and the outcome of every attempt, and
+writes the decisions it returns to the store.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.store.base import ProviderHealth
+
+
+@dataclass(frozen=True, slots=True)
+class SentenceOutcome:
+    """What the policy decided once a sentence was over.
+
+    Parameters:
+        marked_down: Providers that crossed the failure threshold (or failed
+            permanently) on this sentence, with the reason: mark them down.
+        moved_from: The provider the call was on before it moved, if it moved.
+        moved_to: The provider the call is on from now on, if it moved.
+    """
+
+    marked_down: tuple[tuple[str, FailureReason], ...] = ()
+    moved_from: str | None = None
+    moved_to: str | None = None
+
+
+@dataclass
+class CallPolicy:
+    """Provider choice for one call.
+
+    The call starts on the first provider in preference order that the store
+    does not mark down. Each sentence tries the call's provider first, then the
+    others in preference order (those marked down last, as a last resort).
+    A provider that fails ``failure_threshold`` sentences in a row in this call,
+    or fails permanently, is marked down; if it was the call's provider, the
+    call moves for good to the provider that spoke the sentence, so the caller
+    hears one voice from then on.
+
+    Args:
+        provider_ids: Provider ids in preference order.
+        failure_threshold: Consecutive failed sentences before a provider is
+            marked down and the call moves.
+        health: Health per provider, read from the store at call start. A
+            provider is down when its record has ``down_until`` set: stores
+            report only mark-downs that are still in force.
+    """
+
+    provider_ids: Sequence[str]
+    failure_threshold: int
+    health: Mapping[str, ProviderHealth] = field(default_factory=dict)
+    call_provider: str = field(init=False)
+    _down: set[str] = field(init=False)
+    _failures: dict[str, int] = field(init=False)
+
+    def __post_init__(self):
+        self._down = {
+            pid
+            for pid in self.provider_ids
+            if pid in self.health and self.health[pid].down_until is not None
+        }
+        self._failures = dict.fromkeys(self.provider_ids, 0)
+        self.call_provider = next(
+            (pid for pid in self.provider_ids if pid not in self._down), self.provider_ids[0]
+        )
+
+    @property
+    def down(self) -> frozenset[str]:
+        """Providers this call treats as down."""
+        return frozenset(self._down)
+
+    def order_for_sentence(self, unusable: Iterable[str] = ()) -> list[str]:
+        """The providers to try for the next sentence, in order.
+
+        Args:
+            unusable: Providers whose service reports it can no longer do its
+                job; they are left out entirely.
+
+        Returns:
+            The call's provider first, then the healthy ones in preference
+            order, then those marked down.
+        """
+        skip = set(unusable)
+        rest = [pid for pid in self.provider_ids if pid != self.call_provider]
+        ordered = [self.call_provider, *(p for p in rest if p not in self._down)]
+        ordered += [p for p in rest if p in self._down]
+        if self.call_provider in self._down:
+            # The call's own provider went down with nowhere better to go: try
+            # the healthy ones first.
+            ordered = [p for p in ordered if p not in self._down] + [
+                p for p in ordered if p in self._down
+            ]
+        return [p for p in ordered if p not in skip]
+
+    def sentence_done(
+        self, failures: Sequence[tuple[str, FailureReason]], spoken_by: str | None
+    ) -> SentenceOutcome:
+        """Record how a sentence went and decide what changes.
+
+        Args:
+            failures: ``(provider_id, reason)`` for each failed attempt, in order.
+            spoken_by: The provider that spoke the sentence, or None if all failed.
+
+        Returns:
+            The providers to mark down and where the call moved, if anywhere.
+        """
+        marked_down: list[tuple[str, FailureReason]] = []
+        for pid, reason in failures:
+            self._failures[pid] += 1
+            crossed = reason.is_permanent or self._failures[pid] >= self.failure_threshold
+            if crossed and pid not in self._down:
+                self._down.add(pid)
+                marked_down.append((pid, reason))
+        if spoken_by is not None:
+            self._failures[spoken_by] = 0
+            self._down.discard(spoken_by)
+
+        moved_from = moved_to = None
+        if self.call_provider in self._down and spoken_by is not None:
+            if spoken_by != self.call_provider:
+                moved_from, moved_to = self.call_provider, spoken_by
+                self.call_provider = spoken_by
+        return SentenceOutcome(tuple(marked_down), moved_from, moved_to)

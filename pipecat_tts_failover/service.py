@@ -1,0 +1,501 @@
+"""FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from loguru import logger
+from pipecat.audio.utils import create_stream_resampler
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    AggregatedTextProgressFrame,
+    CancelFrame,
+    EagerTranscriptionFrame,
+    EndFrame,
+    Frame,
+    InterimTranscriptionFrame,
+    InterruptionFrame,
+    LLMAssistantPushAggregationFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    ServiceMetadataFrame,
+    StartFrame,
+    TextFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    TTSUpdateSettingsFrame,
+)
+from pipecat.pipeline.base_pipeline import BasePipeline
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+from pipecat.services.tts_service import TTSService
+from pipecat.utils.errors import ErrorCategory
+from pipecat.utils.text.base_text_aggregator import TextType
+from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
+
+from pipecat_tts_failover.attempt import Attempt, Deadlines, unspoken_text
+from pipecat_tts_failover.config import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_FIRST_AUDIO_TIMEOUT,
+    DEFAULT_SILENCE_FLOOR,
+    DEFAULT_STALL_TIMEOUT,
+    non_negative,
+    positive_int,
+    positive_seconds,
+)
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.errors import AllProvidersFailedError
+from pipecat_tts_failover.policy import CallPolicy
+from pipecat_tts_failover.provider_link import ProviderLink
+from pipecat_tts_failover.providers import resolve_services
+from pipecat_tts_failover.store.base import HealthStore
+from pipecat_tts_failover.store.memory import default_store
+from pipecat_tts_failover.store.writer import StoreWriter
+
+# Text that is not for the bot to say.
+_NOT_SPOKEN = (TranscriptionFrame, InterimTranscriptionFrame, EagerTranscriptionFrame, TTSTextFrame)
+# How long a call's start may wait on the store before it assumes every provider is healthy.
+_STORE_READ_TIMEOUT = 0.25
+# How long the end of a call waits for each provider's service to stop.
+_SERVICE_STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class _Turn:
+    """One stretch of speech downstream sees as a whole: an LLM reply or a TTSSpeakFrame."""
+
+    context_id: str
+    append_to_context: bool
+    started: bool = False
+
+
+class FailoverTTSService(BasePipeline):
+    """A TTS service made of several providers that keeps speaking when one fails.
+
+    Goes in the pipeline where a TTS service goes. It aggregates text into
+    sentences as pipecat's TTS services do, hands each sentence to one of its
+    providers' services (each runs in a pipeline of its own, as a normal
+    pipecat service) and watches it: an error, an exception, no audio within
+    ``first_audio_timeout``, a gap longer than ``stall_timeout``, no audio at
+    all, or only digital silence fails the sentence on that provider, and the
+    sentence is spoken again on the next one, from the first word not yet
+    heard where the provider reports word timestamps. Downstream sees one
+    stream: one ``TTSStartedFrame``/``TTSStoppedFrame`` pair per reply, audio
+    and words only from attempts that were kept.
+
+    After ``failure_threshold`` consecutive failed sentences a provider is
+    marked down in the health store for ``cooldown`` seconds; if it was the
+    call's provider, the call stays on the backup that spoke for the rest of
+    the call, and new calls start on a provider that is not marked down.
+
+    Event handlers available:
+
+    - on_failover: A sentence moved to another provider.
+    - on_sentence_failed: A provider failed a sentence.
+    - on_all_providers_failed: Every provider failed a sentence.
+
+    Example::
+
+        tts = FailoverTTSService(services=[cartesia_tts, elevenlabs_tts])
+
+        @tts.event_handler("on_failover")
+        async def on_failover(processor, from_id: str, to_id: str, reason: FailureReason):
+            ...
+
+        @tts.event_handler("on_sentence_failed")
+        async def on_sentence_failed(processor, provider_id: str, reason: FailureReason):
+            ...
+
+        @tts.event_handler("on_all_providers_failed")
+        async def on_all_providers_failed(processor, text: str):
+            ...
+    """
+
+    def __init__(
+        self,
+        *,
+        services: Mapping[str, TTSService] | Sequence[TTSService],
+        first_audio_timeout: float = DEFAULT_FIRST_AUDIO_TIMEOUT,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        failure_threshold: int = 1,
+        cooldown: float = DEFAULT_COOLDOWN,
+        store: HealthStore | None = None,
+        silence_floor: float = DEFAULT_SILENCE_FLOOR,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+    ):
+        """Initialize the failover service.
+
+        Args:
+            services: The providers' TTS services in preference order: a dict of
+                provider id to service, or a list (ids are then derived from the
+                service classes: ``CartesiaTTSService`` gives ``"cartesia"``).
+                At least two. Ids are normalized (case, spaces, ``-``/``_``).
+            first_audio_timeout: Seconds from sending a sentence to its first
+                audio byte before the provider has failed it.
+            stall_timeout: Seconds the audio of a sentence may stop before its
+                end (and the most digital silence in a row, in seconds of audio)
+                before the provider has failed it.
+            failure_threshold: Consecutive failed sentences before a provider is
+                marked down and the call moves off it for good. Permanent errors
+                (authentication, authorization, invalid request) move at once.
+            cooldown: Seconds a provider stays marked down in the store.
+            store: Where provider health is kept. None uses one in-memory store
+                shared by every FailoverTTSService of the process.
+            silence_floor: RMS level (on the 0..32768 scale of 16-bit audio) at
+                or below which audio counts as digital silence.
+            clock: Monotonic clock for deadlines, injectable for tests.
+            name: Name of this processor in logs.
+
+        Raises:
+            TypeError: If ``services`` is not a dict or list of pipecat
+                ``TTSService``, ``store`` is not a ``HealthStore``, or an
+                argument has the wrong type.
+            ValueError: If fewer than two services are given, an id repeats,
+                or a timeout, count or level is out of range.
+        """
+        super().__init__(name=name)
+        resolved = resolve_services(services)
+        self._deadlines = Deadlines(
+            first_audio=positive_seconds("first_audio_timeout", first_audio_timeout),
+            stall=positive_seconds("stall_timeout", stall_timeout),
+            silence_floor=non_negative("silence_floor", silence_floor),
+        )
+        self._failure_threshold = positive_int("failure_threshold", failure_threshold)
+        self._cooldown = positive_seconds("cooldown", cooldown)
+        if store is not None and not isinstance(store, HealthStore):
+            raise TypeError(f"store must be a HealthStore, not {type(store).__name__}")
+        self._store: HealthStore = store if store is not None else default_store()
+        self._clock = clock
+
+        self._links = {
+            pid: ProviderLink(pid, service, self._pass_on) for pid, service in resolved.items()
+        }
+        self._text_aggregator = SimpleTextAggregator()
+        self._writer = StoreWriter(str(self))
+        self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
+        self._turn: _Turn | None = None
+        self._llm_turn: _Turn | None = None
+        self._open_link: ProviderLink | None = None
+        self._out_sample_rate = 0
+        self._last_pts = 0
+
+        self._register_event_handler("on_failover")
+        self._register_event_handler("on_sentence_failed")
+        self._register_event_handler("on_all_providers_failed")
+
+    #
+    # Public properties
+    #
+
+    @property
+    def provider_ids(self) -> list[str]:
+        """The provider ids, in preference order."""
+        return list(self._links)
+
+    @property
+    def services(self) -> dict[str, TTSService]:
+        """The providers' services by id, in preference order."""
+        return {pid: link.service for pid, link in self._links.items()}
+
+    @property
+    def active_provider(self) -> str:
+        """The provider this call speaks with first."""
+        return self._policy.call_provider
+
+    @property
+    def store(self) -> HealthStore:
+        """The health store this service reads and writes."""
+        return self._store
+
+    #
+    # Pipeline plumbing
+    #
+
+    @property
+    def processors(self) -> list[FrameProcessor]:
+        """The pipelines holding each provider's service."""
+        return [link.pipeline for link in self._links.values()]
+
+    def processors_with_metrics(self) -> list[FrameProcessor]:
+        """The providers' services, which report their own TTFB and usage metrics."""
+        return [p for link in self._links.values() for p in link.pipeline.processors_with_metrics()]
+
+    async def setup(self, setup: FrameProcessorSetup):
+        """Set up this processor and every provider's pipeline."""
+        await super().setup(setup)
+        self._out_sample_rate = setup.audio_out_sample_rate
+        self._setup_finished()
+        await self._setup_processors(self.processors, setup)
+
+    async def cleanup(self):
+        """Release the providers' services and the store writer. Safe to call twice."""
+        await super().cleanup()
+        await self._writer.stop()
+        await self._cleanup_processors(self.processors)
+
+    #
+    # Frame processing
+    #
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Route a frame: speak text, keep lifecycle in step with the providers, pass the rest.
+
+        Args:
+            frame: The frame to process.
+            direction: The direction of the frame.
+        """
+        await super().process_frame(frame, direction)
+
+        if isinstance(frame, StartFrame):
+            await self._start(frame)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            await self._cancel(frame)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, InterruptionFrame):
+            await self._interrupt(frame)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, EndFrame):
+            await self._speak_pending_text()
+            await self._end_turn()
+            await self._stop(frame)
+            await self.push_frame(frame, direction)
+        elif direction == FrameDirection.UPSTREAM:
+            await self.push_frame(frame, direction)
+        elif getattr(frame, "skip_tts", False):
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, LLMFullResponseStartFrame):
+            await self._end_turn()
+            self._llm_turn = self._turn = _Turn(str(uuid.uuid4()), append_to_context=True)
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            await self._speak_pending_text()
+            await self._end_turn()
+            self._llm_turn = None
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, TTSSpeakFrame):
+            await self._speak_tts_speak_frame(frame)
+        elif isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame):
+            await self._speak(frame.text, frame.text_type)
+        elif isinstance(frame, TextFrame) and not isinstance(frame, _NOT_SPOKEN):
+            async for aggregate in self._text_aggregator.aggregate(frame.text):
+                await self._speak(aggregate.text, aggregate.type)
+        elif isinstance(frame, TTSUpdateSettingsFrame):
+            await self._route_settings(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    async def _start(self, frame: StartFrame):
+        self._writer.start()
+        ids = self.provider_ids
+        try:
+            async with asyncio.timeout(_STORE_READ_TIMEOUT):
+                health = await self._store.get(ids)
+        except Exception as e:
+            logger.warning(f"{self}: health store unreadable ({e!r}); assuming all providers up")
+            health = {}
+        self._policy = CallPolicy(ids, self._failure_threshold, health)
+        if self._policy.down:
+            logger.info(
+                f"{self}: call starts on {self._policy.call_provider}; "
+                f"marked down: {', '.join(sorted(self._policy.down))}"
+            )
+        for link in self._links.values():
+            await link.send_lifecycle(frame, timeout=None)
+
+    async def _stop(self, frame: EndFrame):
+        await self._writer.drain(timeout=2.0)
+        await asyncio.gather(
+            *(link.send_lifecycle(frame, _SERVICE_STOP_TIMEOUT) for link in self._links.values())
+        )
+        await self._writer.stop()
+
+    async def _cancel(self, frame: CancelFrame):
+        await asyncio.gather(*(link.send_lifecycle(frame, 1.0) for link in self._links.values()))
+        await self._writer.stop()
+
+    async def _interrupt(self, frame: InterruptionFrame):
+        """Drop the sentence being spoken and whatever text was waiting."""
+        link, self._open_link = self._open_link, None
+        if link is not None:
+            await link.abandon()
+        await self._text_aggregator.handle_interruption()
+        self._turn = self._llm_turn = None
+
+    async def _route_settings(self, frame: TTSUpdateSettingsFrame, direction: FrameDirection):
+        """Hand a settings update to the provider it names, or to the call's provider."""
+        links = list(self._links.values())
+        if frame.service is not None:
+            targets = [link for link in links if link.service is frame.service]
+            if not targets:  # addressed to a service further down the pipeline
+                await self.push_frame(frame, direction)
+                return
+        elif frame.reach_inactive_services:
+            targets = links
+        else:
+            targets = [self._links[self._policy.call_provider]]
+        for link in targets:
+            await link.pipeline.queue_frame(frame, direction)
+
+    async def _pass_on(self, frame: Frame, direction: FrameDirection):
+        """Pass on what a provider's service pushes that is not speech."""
+        if isinstance(frame, ServiceMetadataFrame):
+            call_service = self._links[self._policy.call_provider].service
+            if frame.service_name != call_service.name:
+                return
+        await self.push_frame(frame, direction)
+
+    #
+    # Speaking
+    #
+
+    async def _speak_pending_text(self):
+        remaining = await self._text_aggregator.flush()
+        if remaining and remaining.text.strip():
+            await self._speak(remaining.text, remaining.type)
+
+    async def _speak_tts_speak_frame(self, frame: TTSSpeakFrame):
+        """Speak a TTSSpeakFrame as a turn of its own, even inside an LLM reply."""
+        outer = self._turn
+        self._turn = _Turn(str(uuid.uuid4()), append_to_context=frame.append_to_context)
+        await self._speak(frame.text, frame.text_type)
+        await self._end_turn(push_aggregation=frame.append_to_context and self._llm_turn is None)
+        self._turn = outer
+
+    async def _end_turn(self, *, push_aggregation: bool = False):
+        turn, self._turn = self._turn, None
+        if turn is None or not turn.started:
+            return
+        await self.push_frame(TTSStoppedFrame(context_id=turn.context_id))
+        if push_aggregation:
+            await self.push_frame(LLMAssistantPushAggregationFrame())
+
+    async def _speak(self, text: str, text_type: TextType | str):
+        """Speak one sentence, moving to the next provider until one speaks it."""
+        text = text.strip()
+        if not text:
+            return
+        turn = self._turn
+        standalone = turn is None
+        if standalone:
+            turn = self._turn = _Turn(str(uuid.uuid4()), append_to_context=True)
+        assert turn is not None
+        announcement = await self._announce(text, text_type, turn)
+
+        failures: list[tuple[str, FailureReason]] = []
+        spoken_by: str | None = None
+        remaining = text
+        unusable = [pid for pid, link in self._links.items() if not link.is_usable]
+        order = self._policy.order_for_sentence(unusable)
+        for pid in order:
+            if failures:
+                from_id, reason = failures[-1]
+                logger.warning(f"{self}: {from_id} failed a sentence ({reason}); moving to {pid}")
+                await self._call_event_handler("on_failover", from_id, pid, reason)
+            result = await self._attempt(self._links[pid], remaining, turn, announcement)
+            if result.ok:
+                spoken_by = pid
+                break
+            logger.debug(f"{self}: {pid} failed [{remaining}]: {result.reason} {result.error or ''}")
+            failures.append((pid, result.reason))
+            await self._call_event_handler("on_sentence_failed", pid, result.reason)
+            remaining = unspoken_text(remaining, result.spoken_words) or remaining
+
+        self._settle(failures, spoken_by, unusable)
+        if spoken_by is None:
+            await self._all_failed(text, failures, unusable)
+        if standalone:
+            await self._end_turn()
+
+    async def _attempt(self, link: ProviderLink, text: str, turn: _Turn, announcement: AggregatedTextFrame):
+        inbox = await link.speak(text, append_to_context=turn.append_to_context)
+        self._open_link = link
+        resample = self._resampler_for()
+        attempt = Attempt(
+            inbox,
+            self._deadlines,
+            lambda frame: self._forward(frame, turn, announcement, resample),
+            self._clock,
+        )
+        result = await attempt.run()
+        self._open_link = None
+        if result.ok:
+            link.close_attempt()
+        else:
+            await link.abandon()
+        return result
+
+    async def _announce(self, text: str, text_type: TextType | str, turn: _Turn) -> AggregatedTextFrame:
+        """Tell downstream a sentence is about to be spoken, as pipecat's TTS services do."""
+        frame = AggregatedTextFrame(text, text_type)
+        frame.context_id = turn.context_id
+        frame.will_be_spoken = True
+        frame.append_to_context = False
+        frame.pts = max(self._last_pts, self.get_clock().get_time())
+        await self.push_frame(frame)
+        return frame
+
+    def _resampler_for(self):
+        resampler = None
+
+        async def resample(frame: TTSAudioRawFrame) -> TTSAudioRawFrame:
+            nonlocal resampler
+            if not self._out_sample_rate or frame.sample_rate == self._out_sample_rate:
+                return frame
+            resampler = resampler or create_stream_resampler()
+            audio = await resampler.resample(frame.audio, frame.sample_rate, self._out_sample_rate)
+            return TTSAudioRawFrame(audio, self._out_sample_rate, frame.num_channels)
+
+        return resample
+
+    async def _forward(self, frame: Frame, turn: _Turn, announcement: AggregatedTextFrame, resample):
+        """Push what the caller hears, as one stream: one context, one started frame."""
+        if not turn.started:
+            turn.started = True
+            started = TTSStartedFrame(context_id=turn.context_id)
+            started.append_to_context = turn.append_to_context
+            await self.push_frame(started)
+        if isinstance(frame, TTSAudioRawFrame):
+            frame = await resample(frame)
+            if not frame.audio:
+                return
+        if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+            frame.segment_id = announcement.id
+        frame.context_id = turn.context_id
+        if frame.pts:
+            self._last_pts = max(self._last_pts, frame.pts)
+        await self.push_frame(frame)
+
+    def _settle(self, failures, spoken_by: str | None, unusable: list[str]):
+        """Apply the policy's decision and queue the store writes it calls for."""
+        outcome = self._policy.sentence_done(failures, spoken_by)
+        for pid, reason in failures:
+            self._writer.submit(lambda pid=pid, reason=reason: self._store.record_failure(pid, reason))
+        if spoken_by is not None:
+            self._writer.submit(lambda: self._store.record_success(spoken_by))
+        for pid, reason in outcome.marked_down:
+            logger.warning(f"{self}: marking {pid} down for {self._cooldown:g}s ({reason})")
+            self._writer.submit(
+                lambda pid=pid, reason=reason: self._store.mark_down(
+                    pid, reason=reason, cooldown=self._cooldown
+                )
+            )
+        if outcome.moved_to is not None:
+            logger.warning(
+                f"{self}: call moved from {outcome.moved_from} to {outcome.moved_to} for good"
+            )
+
+    async def _all_failed(self, text: str, failures, unusable: list[str]):
+        tried = [(pid, str(reason)) for pid, reason in failures]
+        tried += [(pid, str(FailureReason.UNUSABLE)) for pid in unusable]
+        error = AllProvidersFailedError(text, tried)
+        logger.error(f"{self}: {error}")
+        logger.debug(f"{self}: unspoken sentence [{text}]")
+        await self._call_event_handler("on_all_providers_failed", text)
+        await self.push_error(str(error), exception=error, category=ErrorCategory.SERVER)

@@ -1,0 +1,106 @@
+"""A real pipecat pipeline around one processor, driven step by step by a test."""
+
+import asyncio
+from collections.abc import Callable
+
+from pipecat.frames.frames import EndFrame, Frame, StartFrame, TTSAudioRawFrame, TTSTextFrame
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+
+class _Recorder(FrameProcessor):
+    """Records frames travelling one way and passes everything on."""
+
+    def __init__(self, direction: FrameDirection, frames: list[Frame], changed: asyncio.Event):
+        super().__init__(enable_direct_mode=True)
+        self._direction = direction
+        self._frames = frames
+        self._changed = changed
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        if direction == self._direction and not isinstance(frame, StartFrame):
+            self._frames.append(frame)
+            self._changed.set()
+        await self.push_frame(frame, direction)
+
+
+class PipelineHarness:
+    """Runs ``[recorder, processor, recorder]`` under pipecat's worker and runner.
+
+    Use as an async context manager; ``send`` frames, ``wait_for`` what reaches
+    downstream, then ``end`` (or leave the block) to send an EndFrame and wait
+    for the pipeline to finish.
+
+    Args:
+        processor: The processor under test.
+        audio_out_sample_rate: The pipeline's output sample rate.
+    """
+
+    def __init__(self, processor: FrameProcessor, *, audio_out_sample_rate: int = 16000):
+        self.processor = processor
+        self.down: list[Frame] = []
+        self.up: list[Frame] = []
+        self._changed = asyncio.Event()
+        source = _Recorder(FrameDirection.UPSTREAM, self.up, self._changed)
+        sink = _Recorder(FrameDirection.DOWNSTREAM, self.down, self._changed)
+        self._worker = PipelineWorker(
+            Pipeline([source, processor, sink]),
+            cancel_on_idle_timeout=False,
+            params=PipelineParams(audio_out_sample_rate=audio_out_sample_rate),
+        )
+        self._runner = WorkerRunner()
+        self._run: asyncio.Task | None = None
+        self._ended = False
+
+    async def __aenter__(self) -> "PipelineHarness":
+        started = asyncio.Event()
+
+        @self._worker.event_handler("on_pipeline_started")
+        async def _started(worker, frame):
+            started.set()
+
+        await self._runner.add_workers(self._worker)
+        self._run = asyncio.create_task(self._runner.run())
+        async with asyncio.timeout(5):
+            await started.wait()
+        return self
+
+    async def __aexit__(self, *exc):
+        if not self._ended:
+            await self.end()
+
+    async def send(self, *frames: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        for frame in frames:
+            await self._worker.queue_frame(frame, direction)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0):
+        """Wait until ``predicate()`` holds, re-checking as frames arrive."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def end(self, timeout: float = 15.0):
+        """Send an EndFrame and wait for the pipeline to finish."""
+        self._ended = True
+        await self._worker.queue_frame(EndFrame())
+        assert self._run is not None
+        async with asyncio.timeout(timeout):
+            await self._run
+        self.down[:] = [f for f in self.down if not isinstance(f, EndFrame)]
+
+    def of(self, *types: type) -> list[Frame]:
+        """The downstream frames of the given types, in order."""
+        return [f for f in self.down if isinstance(f, types)]
+
+    @property
+    def audio(self) -> list[TTSAudioRawFrame]:
+        return self.of(TTSAudioRawFrame)
+
+    @property
+    def words(self) -> list[str]:
+        """Words of the TTSTextFrames that reached downstream."""
+        return [w for f in self.of(TTSTextFrame) for w in f.text.split()]

@@ -1,0 +1,447 @@
+"""FailoverTTSService in real pipecat pipelines, with scripted pipecat TTS services as providers."""
+
+import asyncio
+
+import pytest
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    ErrorFrame,
+    InterruptionFrame,
+    LLMAssistantPushAggregationFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+
+from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
+from tests.support.pipeline import PipelineHarness
+from tests.support.scripted import ScriptedTTSService, decode_audio, plan
+
+SENTENCES = [
+    "Thanks for calling Acme support.",
+    "Your order shipped yesterday morning.",
+    "It should arrive within three days.",
+    "Is there anything else I can help with?",
+]
+VOCABULARY = [w for s in SENTENCES for w in s.split()]
+ALL_WORDS = VOCABULARY
+
+FAULT_REASONS = {
+    "error": FailureReason.ERROR,
+    "raise": FailureReason.EXCEPTION,
+    "hang": FailureReason.NO_FIRST_AUDIO,
+    "stall": FailureReason.STALLED,
+    "empty": FailureReason.NO_AUDIO,
+    "zeros": FailureReason.SILENT_AUDIO,
+    "auth": FailureReason.PERMANENT_ERROR,
+}
+
+
+def providers(*fault_plans, **kwargs) -> dict[str, ScriptedTTSService]:
+    names = ["primary", "secondary", "tertiary"]
+    return {
+        names[i]: ScriptedTTSService(provider_index=i, faults=p, name=names[i], **kwargs)
+        for i, p in enumerate(fault_plans)
+    }
+
+
+def failover(services, store, **kwargs) -> FailoverTTSService:
+    kwargs.setdefault("first_audio_timeout", 0.3)
+    kwargs.setdefault("stall_timeout", 0.3)
+    return FailoverTTSService(services=services, store=store, **kwargs)
+
+
+def heard(h: PipelineHarness) -> list[str]:
+    return [word for word, _ in decode_audio(h.audio, VOCABULARY)]
+
+
+def speakers(h: PipelineHarness) -> list[int]:
+    return [index for _, index in decode_audio(h.audio, VOCABULARY)]
+
+
+async def speak_all(tts, sentences=SENTENCES, **harness_kwargs) -> PipelineHarness:
+    async with PipelineHarness(tts, **harness_kwargs) as h:
+        await h.send(*(TTSSpeakFrame(s) for s in sentences))
+    return h
+
+
+#
+# Every fault, at the first sentence and in the middle of a call
+#
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_REASONS))
+@pytest.mark.parametrize("at", [0, 2], ids=["first-sentence", "mid-call"])
+@pytest.mark.parametrize("websocket", [True, False], ids=["ws", "http"])
+async def test_every_sentence_is_heard_once_in_order_when_primary_fails(store, fault, at, websocket):
+    # A stall comes after the first word; every other fault before any audio.
+    words_before_fault = 1 if fault == "stall" else 0
+    services = providers(
+        plan({at: fault}), None, websocket=websocket, stall_after_words=words_before_fault
+    )
+    tts = failover(services, store)
+    reasons = []
+
+    @tts.event_handler("on_sentence_failed")
+    async def on_failed(processor, provider_id, reason):
+        reasons.append((provider_id, reason))
+
+    h = await speak_all(tts)
+
+    assert heard(h) == ALL_WORDS
+    assert h.words == ALL_WORDS
+    expected = FAULT_REASONS[fault]
+    if fault == "empty" and not websocket:
+        # pipecat closes an HTTP service's context only once audio has come, so
+        # an empty answer is caught by the first-audio deadline.
+        expected = FailureReason.NO_FIRST_AUDIO
+    assert reasons == [("primary", expected)]
+    # The primary spoke until it failed; the backup spoke the rest of the failed
+    # sentence (from the first word not heard) and every sentence after it.
+    failed = SENTENCES[at].split()
+    assert services["primary"].requests == SENTENCES[: at + 1]
+    assert services["secondary"].requests == [" ".join(failed[words_before_fault:])] + SENTENCES[at + 1 :]
+    by_primary = sum(len(s.split()) for s in SENTENCES[:at]) + words_before_fault
+    assert speakers(h) == [0] * by_primary + [1] * (len(ALL_WORDS) - by_primary)
+
+
+async def test_healthy_primary_speaks_everything_and_backup_gets_nothing(store):
+    services = providers(None, None)
+    h = await speak_all(failover(services, store))
+    assert heard(h) == ALL_WORDS
+    assert set(speakers(h)) == {0}
+    assert services["secondary"].requests == []
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+
+
+async def test_mid_sentence_stall_resumes_on_backup_from_first_unheard_word(store):
+    services = providers(plan({1: "stall"}), None, stall_after_words=2)
+    h = await speak_all(failover(services, store))
+
+    assert heard(h) == ALL_WORDS
+    assert h.words == ALL_WORDS
+    assert services["secondary"].requests[0] == " ".join(SENTENCES[1].split()[2:])
+    # The first two words of sentence two came from the primary, the rest from the backup.
+    n0 = len(SENTENCES[0].split())
+    assert speakers(h)[n0 : n0 + 3] == [0, 0, 1]
+
+
+async def test_mid_sentence_error_without_word_timestamps_replays_whole_sentence(store):
+    services = providers(plan({1: "error"}), None, word_timestamps=False, stall_after_words=2)
+    h = await speak_all(failover(services, store))
+
+    # Without word timestamps nothing tells which words were heard: the whole
+    # sentence is spoken again, and the context records it once.
+    assert services["secondary"].requests[0] == SENTENCES[1]
+    assert h.words == ALL_WORDS
+    s0, s1, s2, s3 = (s.split() for s in SENTENCES)
+    # What of the primary's first two words got out before its error depends on
+    # how far its playback had got; the whole sentence follows from the backup.
+    words = heard(h)
+    replayed_from = len(words) - len(s1 + s2 + s3)
+    assert words[:len(s0)] == s0 and words[replayed_from:] == s1 + s2 + s3
+    assert words[len(s0) : replayed_from] == s1[: replayed_from - len(s0)]
+    assert replayed_from - len(s0) <= 2
+
+
+async def test_downstream_sees_one_coherent_stream_per_sentence(store):
+    services = providers(plan({0: "stall", 1: "hang"}), None, failure_threshold=2)
+    tts = failover(services, store, failure_threshold=2)
+    h = await speak_all(tts, SENTENCES[:2])
+
+    kinds = [
+        type(f)
+        for f in h.of(AggregatedTextFrame, TTSStartedFrame, TTSStoppedFrame)
+        if not isinstance(f, TTSTextFrame)
+    ]
+    # Per sentence: one announcement, one started, one stopped; nothing from abandoned attempts.
+    assert kinds == [AggregatedTextFrame, TTSStartedFrame, TTSStoppedFrame] * 2
+    assert len(h.of(LLMAssistantPushAggregationFrame)) == 2
+    for started, stopped in zip(h.of(TTSStartedFrame), h.of(TTSStoppedFrame)):
+        assert started.context_id == stopped.context_id
+    contexts = {f.context_id for f in h.of(TTSAudioRawFrame, TTSTextFrame)}
+    assert contexts == {f.context_id for f in h.of(TTSStartedFrame)}
+    assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
+
+
+async def test_late_audio_from_an_abandoned_attempt_never_reaches_the_caller(store):
+    # The primary answers, but after the deadline: its audio arrives once the
+    # sentence has moved, and must not be heard.
+    services = providers(None, None)
+    services["primary"].ttfb = 0.6
+    h = await speak_all(failover(services, store, first_audio_timeout=0.2), SENTENCES[:1])
+    assert set(speakers(h)) == {1}
+    assert heard(h) == SENTENCES[0].split()
+
+
+#
+# Threshold, stickiness, the store
+#
+
+
+async def test_below_threshold_next_sentence_tries_primary_again(store):
+    services = providers(plan({0: "hang"}), None)
+    tts = failover(services, store, failure_threshold=2)
+    h = await speak_all(tts)
+    assert heard(h) == ALL_WORDS
+    assert services["primary"].requests == SENTENCES
+    assert services["secondary"].requests == SENTENCES[:1]
+    assert (await store.get(["primary"]))["primary"].down_until is None
+
+
+async def test_after_threshold_call_stays_on_backup_and_store_marks_primary_down(store):
+    services = providers(plan({0: "hang", 1: "error"}), None, stall_after_words=0)
+    tts = failover(services, store, failure_threshold=2, cooldown=30)
+    moves = []
+
+    @tts.event_handler("on_failover")
+    async def on_failover(processor, from_id, to_id, reason):
+        moves.append((from_id, to_id, reason))
+
+    h = await speak_all(tts)
+    assert heard(h) == ALL_WORDS
+    assert services["primary"].requests == SENTENCES[:2]
+    assert services["secondary"].requests == SENTENCES
+    assert moves == [
+        ("primary", "secondary", FailureReason.NO_FIRST_AUDIO),
+        ("primary", "secondary", FailureReason.ERROR),
+    ]
+    assert tts.active_provider == "secondary"
+    health = (await store.get(["primary", "secondary"]))
+    assert health["primary"].down_until is not None
+    assert health["primary"].reason is FailureReason.ERROR
+    assert health["secondary"].down_until is None
+
+
+async def test_permanent_error_moves_the_call_at_once_whatever_the_threshold(store):
+    services = providers(plan({0: "auth"}), None)
+    tts = failover(services, store, failure_threshold=5)
+    h = await speak_all(tts)
+    assert heard(h) == ALL_WORDS
+    assert services["primary"].requests == SENTENCES[:1]
+    assert (await store.get(["primary"]))["primary"].reason is FailureReason.PERMANENT_ERROR
+
+
+async def test_next_call_starts_on_healthy_provider_until_cooldown_ends():
+    now = [1000.0]
+    store = InMemoryHealthStore(clock=lambda: now[0])
+    first = providers(plan(every="hang"), None)
+    await speak_all(failover(first, store, cooldown=60), SENTENCES[:1])
+
+    second = providers(None, None)
+    tts = failover(second, store, cooldown=60)
+    h = await speak_all(tts, SENTENCES[:2])
+    assert tts.active_provider == "secondary"
+    assert second["primary"].requests == []  # sent nothing while marked down
+    assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
+
+    now[0] += 61
+    third = providers(None, None)
+    await speak_all(failover(third, store), SENTENCES[:1])
+    assert third["primary"].requests == SENTENCES[:1]
+    assert third["secondary"].requests == []
+
+
+async def test_default_store_is_shared_by_the_process():
+    from pipecat_tts_failover.store.memory import default_store
+
+    default_store().reset()
+    try:
+        first = providers(plan(every="auth"), None)
+        await speak_all(FailoverTTSService(services=first, first_audio_timeout=0.3), SENTENCES[:1])
+        second = providers(None, None)
+        await speak_all(FailoverTTSService(services=second), SENTENCES[:1])
+        assert second["primary"].requests == []
+    finally:
+        default_store().reset()
+
+
+#
+# Three providers, both directions
+#
+
+
+async def test_three_providers_cascade_to_the_first_that_speaks(store):
+    services = providers(plan(every="hang"), plan(every="error"), None, stall_after_words=0)
+    tts = failover(services, store)
+    moves = []
+
+    @tts.event_handler("on_failover")
+    async def on_failover(processor, from_id, to_id, reason):
+        moves.append((from_id, to_id))
+
+    h = await speak_all(tts)
+    assert heard(h) == ALL_WORDS
+    assert set(speakers(h)) == {2}
+    assert moves == [("primary", "secondary"), ("secondary", "tertiary")]
+    assert services["primary"].requests == SENTENCES[:1]
+    assert services["secondary"].requests == SENTENCES[:1]
+    assert tts.active_provider == "tertiary"
+
+
+async def test_failover_runs_back_the_other_way_in_preference_order(store):
+    # The same three services, preferred the other way round.
+    services = providers(None, None, plan(every="hang"))
+    reordered = {k: services[k] for k in ("tertiary", "secondary", "primary")}
+    tts = failover(reordered, store)
+    h = await speak_all(tts)
+    assert heard(h) == ALL_WORDS
+    assert set(speakers(h)) == {1}
+    assert services["primary"].requests == []
+    assert tts.active_provider == "secondary"
+
+
+#
+# Every provider down
+#
+
+
+async def test_all_providers_failing_a_sentence_reports_and_the_call_goes_on(store):
+    services = providers(plan({0: "hang"}), plan({0: "error"}), stall_after_words=0)
+    tts = failover(services, store, failure_threshold=3)
+    unspoken = []
+
+    @tts.event_handler("on_all_providers_failed")
+    async def on_all_failed(processor, text):
+        unspoken.append(text)
+
+    h = await speak_all(tts)
+    assert unspoken == [SENTENCES[0]]
+    errors = [f for f in h.up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and not errors[0].fatal
+    assert errors[0].processor is tts and tts.is_usable
+    assert "primary (no_first_audio)" in errors[0].error
+    # The next sentence tried the primary again and the call went on.
+    assert heard(h) == [w for s in SENTENCES[1:] for w in s.split()]
+    assert h.words == heard(h)
+
+
+#
+# Interruptions
+#
+
+
+async def test_interruption_during_failover_cancels_the_replay(store):
+    services = providers(plan({0: "hang"}), None, pace=0.02)
+    tts = failover(services, store, first_audio_timeout=0.2)
+    async with PipelineHarness(tts) as h:
+        await h.send(TTSSpeakFrame(SENTENCES[1]))
+        # The replay on the backup has started playing...
+        await h.wait_for(lambda: len(h.audio) >= 2)
+        await h.send(InterruptionFrame())
+        await h.wait_for(lambda: h.of(InterruptionFrame))
+        cut = len(h.down)
+        # ...and after the interruption a new sentence plays normally.
+        await h.send(TTSSpeakFrame(SENTENCES[2]))
+    before, after = h.down[:cut], h.down[cut:]
+    heard_before = decode_audio([f for f in before if isinstance(f, TTSAudioRawFrame)], VOCABULARY)
+    heard_after = decode_audio([f for f in after if isinstance(f, TTSAudioRawFrame)], VOCABULARY)
+    # The replay was cut short by the interruption, and nothing of it came after.
+    assert 0 < len(heard_before) < len(SENTENCES[1].split())
+    assert {index for _, index in heard_before} == {1}
+    assert [w for w, _ in heard_after] == SENTENCES[2].split()
+    assert [w for f in after if isinstance(f, TTSTextFrame) for w in f.text.split()] == SENTENCES[
+        2
+    ].split()
+
+
+#
+# Streamed LLM output
+#
+
+
+async def test_streamed_llm_reply_fails_over_sentence_by_sentence(store):
+    services = providers(plan({1: "stall"}), None, stall_after_words=1)
+    tts = failover(services, store)
+    reply = " ".join(SENTENCES)
+    tokens = [reply[i : i + 7] for i in range(0, len(reply), 7)]
+    async with PipelineHarness(tts) as h:
+        await h.send(LLMFullResponseStartFrame(), *(LLMTextFrame(t) for t in tokens))
+        await h.send(LLMFullResponseEndFrame())
+
+    assert heard(h) == ALL_WORDS
+    assert h.words == ALL_WORDS
+    # One reply: one started and one stopped frame, around everything, and no
+    # push-aggregation frame (the reply's end frame does that job).
+    assert len(h.of(TTSStartedFrame)) == 1 and len(h.of(TTSStoppedFrame)) == 1
+    assert not h.of(LLMAssistantPushAggregationFrame)
+    order = [type(f) for f in h.of(LLMFullResponseStartFrame, TTSStoppedFrame, LLMFullResponseEndFrame)]
+    assert order == [LLMFullResponseStartFrame, TTSStoppedFrame, LLMFullResponseEndFrame]
+    assert all(f.append_to_context for f in h.of(TTSTextFrame))
+    assert services["secondary"].requests[0] == SENTENCES[1].split(maxsplit=1)[1]
+
+
+#
+# Sample rates
+#
+
+
+async def test_backup_with_another_sample_rate_is_resampled_to_the_pipeline_rate(store):
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, faults=plan(every="hang")),
+        "secondary": ScriptedTTSService(provider_index=1, sample_rate=24000),
+    }
+    h = await speak_all(failover(services, store), SENTENCES[:2], audio_out_sample_rate=16000)
+    assert h.audio and {f.sample_rate for f in h.audio} == {16000}
+    seconds = sum(len(f.audio) for f in h.audio) / 2 / 16000
+    expected = len(SENTENCES[0].split() + SENTENCES[1].split()) * 0.06
+    assert abs(seconds - expected) < 0.05
+
+
+#
+# Configuration errors
+#
+
+
+def test_bad_configuration_fails_at_construction():
+    a, b = ScriptedTTSService(), ScriptedTTSService()
+    pair = {"a": a, "b": b}
+    with pytest.raises(ValueError, match="at least two"):
+        FailoverTTSService(services=[])
+    with pytest.raises(ValueError, match="at least two"):
+        FailoverTTSService(services=[a])
+    with pytest.raises(ValueError, match="twice"):
+        FailoverTTSService(services={"Cartesia": a, "cartesia ": b})
+    with pytest.raises(ValueError, match="twice"):
+        FailoverTTSService(services=[a, a])
+    with pytest.raises(TypeError, match="not a pipecat TTSService"):
+        FailoverTTSService(services=[a, object()])
+    with pytest.raises(TypeError, match="dict of id to TTSService"):
+        FailoverTTSService(services="cartesia")
+    for kwarg in ("first_audio_timeout", "stall_timeout", "cooldown"):
+        with pytest.raises(ValueError, match=kwarg):
+            FailoverTTSService(services=pair, **{kwarg: -1})
+        with pytest.raises(TypeError, match=kwarg):
+            FailoverTTSService(services=pair, **{kwarg: "1s"})
+    with pytest.raises(ValueError, match="failure_threshold"):
+        FailoverTTSService(services=pair, failure_threshold=0)
+    with pytest.raises(TypeError, match="store"):
+        FailoverTTSService(services=pair, store={})
+    with pytest.raises(ValueError, match="silence_floor"):
+        FailoverTTSService(services=pair, silence_floor=-1)
+
+
+def test_provider_ids_are_normalized_and_derived_from_service_classes():
+    from pipecat.services.cartesia.tts import CartesiaHttpTTSService, CartesiaTTSService
+    from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+
+    tts = FailoverTTSService(
+        services={" Eleven_Labs ": ScriptedTTSService(), "backup-ONE": ScriptedTTSService()}
+    )
+    assert tts.provider_ids == ["eleven-labs", "backup-one"]
+
+    cartesia = CartesiaTTSService(api_key="k", settings=CartesiaTTSService.Settings(voice="v"))
+    eleven = ElevenLabsTTSService(api_key="k", settings=ElevenLabsTTSService.Settings(voice="v"))
+    assert FailoverTTSService(services=[cartesia, eleven]).provider_ids == ["cartesia", "elevenlabs"]
+    http = CartesiaHttpTTSService(api_key="k", settings=CartesiaHttpTTSService.Settings(voice="v"))
+    assert FailoverTTSService(services=[eleven, http]).provider_ids == ["elevenlabs", "cartesia"]
+    # An unknown class keeps its own name, never another provider's.
+    assert FailoverTTSService(services=[ScriptedTTSService(), http]).provider_ids == [
+        "scripted",
+        "cartesia",
+    ]
