@@ -2,7 +2,6 @@
 
 import asyncio
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -45,7 +44,7 @@ class AttemptResult:
         error: The provider's error message, when there was one.
         spoken_words: Words whose audio reached the caller, in order.
         audible: Whether any audible audio reached the caller.
-        first_audio_at: Monotonic time the first audio reached the caller.
+        first_audio_at: Event-loop time the first audible audio reached the caller.
     """
 
     reason: FailureReason | None = None
@@ -63,6 +62,8 @@ class AttemptResult:
 class Attempt:
     """Watches what one provider pushes for one sentence and forwards what the caller should hear.
 
+    The provider link hands every frame of the attempt to :meth:`on_frame` as
+    the service pushes it, so audio is forwarded without another task hop.
     Audio is forwarded as soon as it is audible; digital silence before the
     first audible chunk is held back (and dropped if nothing audible follows),
     so a provider streaming zeros adds no dead air before the replay. Word
@@ -71,107 +72,113 @@ class Attempt:
     the stall deadline, on too long a run of silence, or on an end with no
     audible audio.
 
+    One timer watches both deadlines: it is armed for the first-audio deadline,
+    moved to the stall deadline by the first chunk, and from then on re-armed
+    lazily, only when it fires before the stall deadline has passed, so a
+    chunk costs no timer work.
+
     Args:
-        inbox: Where the provider link puts the service's frames.
         deadlines: The attempt's time limits.
         forward: Called with each frame the caller should get.
-        clock: Monotonic clock, injectable for tests.
     """
 
-    def __init__(
-        self,
-        inbox: asyncio.Queue[Frame],
-        deadlines: Deadlines,
-        forward: Forward,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self._inbox = inbox
+    def __init__(self, deadlines: Deadlines, forward: Forward):
         self._deadlines = deadlines
         self._forward = forward
-        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[AttemptResult] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_audio_at: float | None = None
         self._held: list[Frame] = []
         self._silent_run = 0.0
         self.result = AttemptResult()
 
-    async def run(self) -> AttemptResult:
-        """Watch the attempt until the provider finishes the sentence or fails it."""
-        started = self._clock()
-        deadline = started + self._deadlines.first_audio
-        got_audio = False
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - self._clock())):
-                    frame = await self._inbox.get()
-            except TimeoutError:
-                return self._fail(
-                    FailureReason.STALLED if got_audio else FailureReason.NO_FIRST_AUDIO
-                )
+    @property
+    def finished(self) -> bool:
+        """Whether the verdict is in."""
+        return self._done.done()
 
-            if isinstance(frame, ErrorFrame):
-                return self._fail_on_error(frame)
-            if isinstance(frame, TTSAudioRawFrame):
-                got_audio = True
-                deadline = self._clock() + self._deadlines.stall
-                if not await self._on_audio(frame):
-                    return self._fail(FailureReason.SILENT_AUDIO)
-            elif isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
-                await self._pass(frame)
-            elif isinstance(frame, TTSStoppedFrame):
+    async def wait(self) -> AttemptResult:
+        """Wait for the verdict: the sentence spoken in full, or why not."""
+        self._timer = self._loop.call_at(
+            self._loop.time() + self._deadlines.first_audio, self._on_timer
+        )
+        try:
+            return await self._done
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    async def on_frame(self, frame: Frame):
+        """Take one frame the provider's service pushed for this sentence."""
+        if self._done.done():
+            return
+        if isinstance(frame, TTSAudioRawFrame):
+            first = self._last_audio_at is None
+            self._last_audio_at = self._loop.time()
+            if first and self._timer is not None:
+                # From now on the stall deadline is the one that matters.
+                self._timer.cancel()
+                self._timer = self._loop.call_at(
+                    self._last_audio_at + self._deadlines.stall, self._on_timer
+                )
+            await self._on_audio(frame)
+        elif isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+            await self._pass(frame)
+        elif isinstance(frame, ErrorFrame):
+            self._fail_on_error(frame)
+        elif isinstance(frame, TTSStoppedFrame):
+            if self._last_audio_at is None:
                 # pipecat reports a context that ended silent as an error of its
                 # own, right behind the stop frame: the reason is the silence.
-                if not got_audio:
-                    return self._fail(FailureReason.NO_AUDIO)
-                if error := await self._error_right_behind():
-                    return self._fail_on_error(error)
-                if not self.result.audible:
-                    return self._fail(FailureReason.SILENT_AUDIO)
-                await self._flush_held()
-                return self.result
-            # TTSStartedFrame and the service's own announcements are the
-            # caller-facing stream's business, not the attempt's.
+                self._fail(FailureReason.NO_AUDIO)
+            elif not self.result.audible:
+                self._fail(FailureReason.SILENT_AUDIO)
+            else:
+                # Some services (pipecat's Cartesia, on a provider error message)
+                # push a stop frame and then the error in the same step: decide
+                # once that step is over.
+                self._loop.call_soon(self._succeed)
+        # TTSStartedFrame and the service's own announcements are the
+        # caller-facing stream's business, not the attempt's.
 
-    async def _error_right_behind(self) -> ErrorFrame | None:
-        """An error the service reported together with its stop frame.
+    def _on_timer(self):
+        now = self._loop.time()
+        if self._last_audio_at is None:
+            self._fail(FailureReason.NO_FIRST_AUDIO)
+            return
+        stall_at = self._last_audio_at + self._deadlines.stall
+        if now >= stall_at:
+            self._fail(FailureReason.STALLED)
+        else:
+            self._timer = self._loop.call_at(stall_at, self._on_timer)
 
-        Some services (pipecat's Cartesia, on a provider error message) push a
-        stop frame and then the error in the same step: let that step finish,
-        and treat the stop as the error it is.
-        """
-        await asyncio.sleep(0)
-        while not self._inbox.empty():
-            frame = self._inbox.get_nowait()
-            if isinstance(frame, ErrorFrame):
-                return frame
-        return None
+    def _succeed(self):
+        if not self._done.done():
+            self._held.clear()
+            self._done.set_result(self.result)
 
-    def _fail_on_error(self, frame: ErrorFrame) -> AttemptResult:
-        usable = frame.processor.is_usable if frame.processor else True
-        reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
-        return self._fail(reason, frame.error)
-
-    async def _on_audio(self, frame: TTSAudioRawFrame) -> bool:
-        """Forward or hold an audio chunk; False once silence has gone on too long."""
-        seconds = len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
+    async def _on_audio(self, frame: TTSAudioRawFrame):
+        """Forward or hold an audio chunk; fail once silence has gone on too long."""
         if is_audible(frame.audio, self._deadlines.silence_floor):
             self._silent_run = 0.0
             if not self.result.audible:
                 self.result.audible = True
-                self.result.first_audio_at = self._clock()
-            await self._flush_held()
+                self.result.first_audio_at = self._loop.time()
+                await self._flush_held()
             await self._forward(frame)
-            return True
-        self._silent_run += seconds
+            return
+        self._silent_run += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
         if self._silent_run > self._deadlines.stall:
-            return False
-        if self.result.audible:
+            self._fail(FailureReason.SILENT_AUDIO)
+        elif self.result.audible:
             await self._forward(frame)
         else:
             self._held.append(frame)
-        return True
 
     async def _pass(self, frame: Frame):
         """Forward a word frame in order with the audio around it."""
-        if self._held or not self.result.audible:
+        if not self.result.audible:
             self._held.append(frame)
         else:
             await self._emit_text(frame)
@@ -189,10 +196,16 @@ class Attempt:
             self.result.spoken_words.extend(frame.text.split())
         await self._forward(frame)
 
-    def _fail(self, reason: FailureReason, error: str | None = None) -> AttemptResult:
-        self.result.reason = reason
-        self.result.error = error
-        return self.result
+    def _fail_on_error(self, frame: ErrorFrame):
+        usable = frame.processor.is_usable if frame.processor else True
+        reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
+        self._fail(reason, frame.error)
+
+    def _fail(self, reason: FailureReason, error: str | None = None):
+        if not self._done.done():
+            self.result.reason = reason
+            self.result.error = error
+            self._done.set_result(self.result)
 
 
 _PUNCTUATION = re.compile(r"[^\w']+", re.UNICODE)

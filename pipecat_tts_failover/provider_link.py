@@ -24,6 +24,8 @@ from pipecat.pipeline.pipeline import Pipeline, PipelineSink, PipelineSource
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.tts_service import TTSService
 
+from pipecat_tts_failover.attempt import Attempt
+
 # What a TTS service pushes downstream while it speaks: these belong to the
 # attempt in flight, or to nobody.
 SPEECH_FRAMES = (
@@ -37,6 +39,21 @@ SPEECH_FRAMES = (
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
 
 PassOn = Callable[[Frame, FrameDirection], Awaitable[None]]
+
+
+class _ServiceOutput(PipelineSink):
+    """The end of a provider's pipeline: hands what the service pushes straight to the link.
+
+    Frames are handed over as they are queued, without a processing step of
+    their own, so a chunk of audio costs one hop (the service's push) to reach
+    the attempt, as it would to reach the next processor without failover.
+    """
+
+    async def queue_frame(self, frame: Frame, direction=FrameDirection.DOWNSTREAM, callback=None):
+        if direction == FrameDirection.DOWNSTREAM:
+            await self._downstream_push_frame(frame, direction)
+        else:
+            await super().queue_frame(frame, direction, callback)
 
 
 class ProviderLink:
@@ -61,9 +78,9 @@ class ProviderLink:
         self.pipeline = Pipeline(
             [service],
             source=PipelineSource(self._from_service_upstream, name=f"{service}::FailoverSource"),
-            sink=PipelineSink(self._from_service_downstream, name=f"{service}::FailoverSink"),
+            sink=_ServiceOutput(self._from_service_downstream, name=f"{service}::FailoverSink"),
         )
-        self._inbox: asyncio.Queue[Frame] | None = None
+        self._attempt: Attempt | None = None
         # Id of the interruption sent to abandon an attempt: until it comes out
         # of the service, what the service pushes belongs to the abandoned one.
         self._draining: int | None = None
@@ -78,29 +95,25 @@ class ProviderLink:
         """Whether the service can still be given work."""
         return self.service.is_usable
 
-    async def speak(self, text: str, *, append_to_context: bool) -> asyncio.Queue[Frame]:
-        """Send one sentence to the service and open an attempt.
+    async def speak(self, text: str, attempt: Attempt, *, append_to_context: bool):
+        """Send one sentence to the service; what it pushes for it goes to ``attempt``.
 
         Args:
             text: The text to speak.
+            attempt: Watches this sentence on this provider.
             append_to_context: Carried on the text frames the service pushes.
-
-        Returns:
-            The inbox receiving what the service pushes for this sentence.
         """
-        inbox: asyncio.Queue[Frame] = asyncio.Queue()
-        self._inbox = inbox
+        self._attempt = attempt
         await self.pipeline.queue_frame(TTSSpeakFrame(text, append_to_context=append_to_context))
-        return inbox
 
     def close_attempt(self):
         """Close the open attempt after the service finished the sentence."""
-        self._inbox = None
+        self._attempt = None
         self._attempt_contexts.clear()
 
     async def abandon(self):
         """Abandon the open attempt: interrupt the service and drop what is left of it."""
-        self._inbox = None
+        self._attempt = None
         self._abandoned_contexts.extend(self._attempt_contexts)
         self._attempt_contexts.clear()
         interruption = InterruptionFrame()
@@ -145,14 +158,15 @@ class ProviderLink:
             return
         if isinstance(frame, SPEECH_FRAMES):
             context_id = getattr(frame, "context_id", None)
+            attempt = self._attempt
             if (
-                self._inbox is not None
+                attempt is not None
                 and self._draining is None
                 and context_id not in self._abandoned_contexts
             ):
                 if context_id:
                     self._attempt_contexts.add(context_id)
-                self._inbox.put_nowait(frame)
+                await attempt.on_frame(frame)
             else:
                 logger.trace(f"{self.service}: dropping {frame} of an abandoned attempt")
             return
@@ -160,8 +174,8 @@ class ProviderLink:
 
     async def _from_service_upstream(self, frame: Frame, direction: FrameDirection):
         if isinstance(frame, ErrorFrame):
-            if self._inbox is not None and self._draining is None:
-                self._inbox.put_nowait(frame)
+            if self._attempt is not None and self._draining is None:
+                await self._attempt.on_frame(frame)
             else:
                 # An idle provider's trouble (a dropped keepalive socket, say) is
                 # not the caller's: the policy hears of it when it next speaks.

@@ -1,9 +1,8 @@
 """FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -126,7 +125,6 @@ class FailoverTTSService(BasePipeline):
         cooldown: float = DEFAULT_COOLDOWN,
         store: HealthStore | None = None,
         silence_floor: float = DEFAULT_SILENCE_FLOOR,
-        clock: Callable[[], float] = time.monotonic,
         name: str | None = None,
     ):
         """Initialize the failover service.
@@ -149,7 +147,6 @@ class FailoverTTSService(BasePipeline):
                 shared by every FailoverTTSService of the process.
             silence_floor: RMS level (on the 0..32768 scale of 16-bit audio) at
                 or below which audio counts as digital silence.
-            clock: Monotonic clock for deadlines, injectable for tests.
             name: Name of this processor in logs.
 
         Raises:
@@ -171,7 +168,6 @@ class FailoverTTSService(BasePipeline):
         if store is not None and not isinstance(store, HealthStore):
             raise TypeError(f"store must be a HealthStore, not {type(store).__name__}")
         self._store: HealthStore = store if store is not None else default_store()
-        self._clock = clock
 
         self._links = {
             pid: ProviderLink(pid, service, self._pass_on) for pid, service in resolved.items()
@@ -266,9 +262,7 @@ class FailoverTTSService(BasePipeline):
             await self._end_turn()
             await self._stop(frame)
             await self.push_frame(frame, direction)
-        elif direction == FrameDirection.UPSTREAM:
-            await self.push_frame(frame, direction)
-        elif getattr(frame, "skip_tts", False):
+        elif direction == FrameDirection.UPSTREAM or getattr(frame, "skip_tts", False):
             await self.push_frame(frame, direction)
         elif isinstance(frame, LLMFullResponseStartFrame):
             await self._end_turn()
@@ -413,17 +407,16 @@ class FailoverTTSService(BasePipeline):
         if standalone:
             await self._end_turn()
 
-    async def _attempt(self, link: ProviderLink, text: str, turn: _Turn, announcement: AggregatedTextFrame):
-        inbox = await link.speak(text, append_to_context=turn.append_to_context)
-        self._open_link = link
+    async def _attempt(
+        self, link: ProviderLink, text: str, turn: _Turn, announcement: AggregatedTextFrame
+    ):
         resample = self._resampler_for()
         attempt = Attempt(
-            inbox,
-            self._deadlines,
-            lambda frame: self._forward(frame, turn, announcement, resample),
-            self._clock,
+            self._deadlines, lambda frame: self._forward(frame, turn, announcement, resample)
         )
-        result = await attempt.run()
+        self._open_link = link
+        await link.speak(text, attempt, append_to_context=turn.append_to_context)
+        result = await attempt.wait()
         self._open_link = None
         if result.ok:
             link.close_attempt()

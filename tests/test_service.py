@@ -1,6 +1,5 @@
 """FailoverTTSService in real pipecat pipelines, with scripted pipecat TTS services as providers."""
 
-import asyncio
 
 import pytest
 from pipecat.frames.frames import (

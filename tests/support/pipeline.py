@@ -13,15 +13,24 @@ from pipecat.workers.runner import WorkerRunner
 class _Recorder(FrameProcessor):
     """Records frames travelling one way and passes everything on."""
 
-    def __init__(self, direction: FrameDirection, frames: list[Frame], changed: asyncio.Event):
+    def __init__(
+        self,
+        direction: FrameDirection,
+        frames: list[Frame],
+        changed: asyncio.Event,
+        on_frame: Callable[[Frame], None] | None = None,
+    ):
         super().__init__(enable_direct_mode=True)
         self._direction = direction
         self._frames = frames
         self._changed = changed
+        self._on_frame = on_frame
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
         if direction == self._direction and not isinstance(frame, StartFrame):
+            if self._on_frame:
+                self._on_frame(frame)
             self._frames.append(frame)
             self._changed.set()
         await self.push_frame(frame, direction)
@@ -37,15 +46,22 @@ class PipelineHarness:
     Args:
         processor: The processor under test.
         audio_out_sample_rate: The pipeline's output sample rate.
+        on_down: Called with each frame as it reaches the end of the pipeline.
     """
 
-    def __init__(self, processor: FrameProcessor, *, audio_out_sample_rate: int = 16000):
+    def __init__(
+        self,
+        processor: FrameProcessor,
+        *,
+        audio_out_sample_rate: int = 16000,
+        on_down: Callable[[Frame], None] | None = None,
+    ):
         self.processor = processor
         self.down: list[Frame] = []
         self.up: list[Frame] = []
         self._changed = asyncio.Event()
         source = _Recorder(FrameDirection.UPSTREAM, self.up, self._changed)
-        sink = _Recorder(FrameDirection.DOWNSTREAM, self.down, self._changed)
+        sink = _Recorder(FrameDirection.DOWNSTREAM, self.down, self._changed, on_down)
         self._worker = PipelineWorker(
             Pipeline([source, processor, sink]),
             cancel_on_idle_timeout=False,

@@ -97,7 +97,6 @@ class ScriptedTTSService(TTSService):
             push_start_frame=True,
             push_stop_frames=True,
             push_text_frames=not word_timestamps,
-            stop_frame_timeout_s=10.0,
             settings=TTSSettings(model=None, voice=None, language=None),
             **kwargs,
         )

@@ -1,0 +1,74 @@
+"""CallPolicy: provider choice, threshold and stickiness, without a pipeline."""
+
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.policy import CallPolicy
+from pipecat_tts_failover.store.base import ProviderHealth
+
+IDS = ("a", "b", "c")
+DOWN = ProviderHealth("a", down_until=2000.0, reason=FailureReason.STALLED, since=1000.0)
+
+
+def test_call_starts_on_first_provider_not_marked_down():
+    assert CallPolicy(IDS, 1).call_provider == "a"
+    policy = CallPolicy(IDS, 1, {"a": DOWN})
+    assert policy.call_provider == "b"
+    assert policy.order_for_sentence() == ["b", "c", "a"]  # a only as a last resort
+
+
+def test_every_provider_down_starts_on_the_preferred_one():
+    health = {pid: ProviderHealth(pid, down_until=2000.0) for pid in IDS}
+    assert CallPolicy(IDS, 1, health).call_provider == "a"
+
+
+def test_unusable_services_are_left_out():
+    assert CallPolicy(IDS, 1).order_for_sentence(unusable=["b"]) == ["a", "c"]
+
+
+def test_failures_below_threshold_keep_the_call_on_its_provider():
+    policy = CallPolicy(IDS, 3)
+    for _ in range(2):
+        outcome = policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
+        assert outcome.marked_down == () and outcome.moved_to is None
+        assert policy.order_for_sentence() == ["a", "b", "c"]
+    outcome = policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
+    assert outcome.marked_down == (("a", FailureReason.ERROR),)
+    assert (outcome.moved_from, outcome.moved_to) == ("a", "b")
+    assert policy.order_for_sentence() == ["b", "c", "a"]
+
+
+def test_a_spoken_sentence_resets_the_count():
+    policy = CallPolicy(IDS, 2)
+    policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
+    policy.sentence_done([], spoken_by="a")
+    outcome = policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
+    assert outcome.marked_down == () and policy.call_provider == "a"
+
+
+def test_permanent_failure_moves_at_once():
+    policy = CallPolicy(IDS, 10)
+    outcome = policy.sentence_done([("a", FailureReason.PERMANENT_ERROR)], spoken_by="b")
+    assert outcome.marked_down == (("a", FailureReason.PERMANENT_ERROR),)
+    assert policy.call_provider == "b"
+
+
+def test_call_moves_to_the_provider_that_spoke_and_stays():
+    policy = CallPolicy(IDS, 1)
+    outcome = policy.sentence_done(
+        [("a", FailureReason.NO_FIRST_AUDIO), ("b", FailureReason.STALLED)], spoken_by="c"
+    )
+    assert [pid for pid, _ in outcome.marked_down] == ["a", "b"]
+    assert policy.call_provider == "c"
+    # No flip-flop: a later sentence spoken fine keeps the call where it is.
+    assert policy.sentence_done([], spoken_by="c").moved_to is None
+    assert policy.order_for_sentence() == ["c", "a", "b"]
+
+
+def test_all_failing_does_not_move_the_call_without_a_better_provider():
+    policy = CallPolicy(("a", "b"), 1)
+    outcome = policy.sentence_done(
+        [("a", FailureReason.ERROR), ("b", FailureReason.ERROR)], spoken_by=None
+    )
+    assert outcome.moved_to is None
+    assert policy.call_provider == "a"
+    # Both are down for this call now, and the next sentence still tries both.
+    assert policy.order_for_sentence() == ["a", "b"]
