@@ -3,7 +3,6 @@
 from enum import Enum
 
 import numpy as np
-
 from pipecat.utils.errors import ErrorCategory
 
 
