@@ -119,8 +119,7 @@ class CallPolicy:
             self._down.discard(spoken_by)
 
         moved_from = moved_to = None
-        if self.call_provider in self._down and spoken_by is not None:
-            if spoken_by != self.call_provider:
-                moved_from, moved_to = self.call_provider, spoken_by
-                self.call_provider = spoken_by
+        if self.call_provider in self._down and spoken_by not in (None, self.call_provider):
+            moved_from, moved_to = self.call_provider, spoken_by
+            self.call_provider = spoken_by
         return SentenceOutcome(tuple(marked_down), moved_from, moved_to)

@@ -1,6 +1,7 @@
 """FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
 
 import asyncio
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,13 @@ from pipecat_tts_failover.config import (
 )
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.errors import AllProvidersFailedError
+from pipecat_tts_failover.events import (
+    FailedOver,
+    FailoverEvent,
+    FailoverListener,
+    ProviderDown,
+    SentenceAttempted,
+)
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.providers import resolve_services
@@ -125,6 +133,8 @@ class FailoverTTSService(BasePipeline):
         cooldown: float = DEFAULT_COOLDOWN,
         store: HealthStore | None = None,
         silence_floor: float = DEFAULT_SILENCE_FLOOR,
+        alerters: Sequence[FailoverListener] = (),
+        metrics: FailoverListener | None = None,
         name: str | None = None,
     ):
         """Initialize the failover service.
@@ -147,6 +157,10 @@ class FailoverTTSService(BasePipeline):
                 shared by every FailoverTTSService of the process.
             silence_floor: RMS level (on the 0..32768 scale of 16-bit audio) at
                 or below which audio counts as digital silence.
+            alerters: Alerters told when a provider goes down or comes back
+                (``SlackWebhookAlerter``, ``CallbackAlerter``, ...). Alerts are
+                sent from the alerters' own tasks, never on the audio path.
+            metrics: A metrics listener such as ``PrometheusMetrics``.
             name: Name of this processor in logs.
 
         Raises:
@@ -168,6 +182,15 @@ class FailoverTTSService(BasePipeline):
         if store is not None and not isinstance(store, HealthStore):
             raise TypeError(f"store must be a HealthStore, not {type(store).__name__}")
         self._store: HealthStore = store if store is not None else default_store()
+
+        listeners = [*alerters, *([metrics] if metrics is not None else [])]
+        for listener in listeners:
+            if not isinstance(listener, FailoverListener):
+                raise TypeError(
+                    f"alerters and metrics take objects with on_event(event), "
+                    f"not {type(listener).__name__}"
+                )
+        self._listeners: list[FailoverListener] = listeners
 
         self._links = {
             pid: ProviderLink(pid, service, self._pass_on) for pid, service in resolved.items()
@@ -291,7 +314,7 @@ class FailoverTTSService(BasePipeline):
         try:
             async with asyncio.timeout(_STORE_READ_TIMEOUT):
                 health = await self._store.get(ids)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a call must start whatever the store does
             logger.warning(f"{self}: health store unreadable ({e!r}); assuming all providers up")
             health = {}
         self._policy = CallPolicy(ids, self._failure_threshold, health)
@@ -383,25 +406,35 @@ class FailoverTTSService(BasePipeline):
         announcement = await self._announce(text, text_type, turn)
 
         failures: list[tuple[str, FailureReason]] = []
+        errors: dict[str, str | None] = {}
+        hops: list[tuple[str, str, FailureReason]] = []
         spoken_by: str | None = None
         remaining = text
+        started = asyncio.get_running_loop().time()
+        first_audio_at: float | None = None
         unusable = [pid for pid, link in self._links.items() if not link.is_usable]
-        order = self._policy.order_for_sentence(unusable)
-        for pid in order:
+        for pid in self._policy.order_for_sentence(unusable):
             if failures:
                 from_id, reason = failures[-1]
                 logger.warning(f"{self}: {from_id} failed a sentence ({reason}); moving to {pid}")
+                hops.append((from_id, pid, reason))
                 await self._call_event_handler("on_failover", from_id, pid, reason)
             result = await self._attempt(self._links[pid], remaining, turn, announcement)
+            self._notify(SentenceAttempted(pid, result.reason))
             if result.ok:
                 spoken_by = pid
+                first_audio_at = result.first_audio_at
                 break
             logger.debug(f"{self}: {pid} failed [{remaining}]: {result.reason} {result.error or ''}")
             failures.append((pid, result.reason))
+            errors.setdefault(pid, result.error)
             await self._call_event_handler("on_sentence_failed", pid, result.reason)
             remaining = unspoken_text(remaining, result.spoken_words) or remaining
 
-        self._settle(failures, spoken_by, unusable)
+        for from_id, to_id, reason in hops:
+            gap = first_audio_at - started if first_audio_at and to_id == spoken_by else None
+            self._notify(FailedOver(from_id, to_id, reason, gap))
+        self._settle(failures, errors, spoken_by)
         if spoken_by is None:
             await self._all_failed(text, failures, unusable)
         if standalone:
@@ -465,7 +498,12 @@ class FailoverTTSService(BasePipeline):
             self._last_pts = max(self._last_pts, frame.pts)
         await self.push_frame(frame)
 
-    def _settle(self, failures, spoken_by: str | None, unusable: list[str]):
+    def _settle(
+        self,
+        failures: list[tuple[str, FailureReason]],
+        errors: dict[str, str | None],
+        spoken_by: str | None,
+    ):
         """Apply the policy's decision and queue the store writes it calls for."""
         outcome = self._policy.sentence_done(failures, spoken_by)
         for pid, reason in failures:
@@ -474,15 +512,28 @@ class FailoverTTSService(BasePipeline):
             self._writer.submit(lambda: self._store.record_success(spoken_by))
         for pid, reason in outcome.marked_down:
             logger.warning(f"{self}: marking {pid} down for {self._cooldown:g}s ({reason})")
+            failed = sum(1 for p, _ in failures if p == pid)
             self._writer.submit(
-                lambda pid=pid, reason=reason: self._store.mark_down(
-                    pid, reason=reason, cooldown=self._cooldown
+                lambda pid=pid, reason=reason, failed=failed: self._mark_down(
+                    pid, reason, errors.get(pid), failed
                 )
             )
         if outcome.moved_to is not None:
             logger.warning(
                 f"{self}: call moved from {outcome.moved_from} to {outcome.moved_to} for good"
             )
+
+    async def _mark_down(self, pid: str, reason: FailureReason, error: str | None, failed: int):
+        """Mark a provider down; the one worker whose write changed the state reports it."""
+        if await self._store.mark_down(pid, reason=reason, cooldown=self._cooldown):
+            self._notify(ProviderDown(pid, reason, error, time.time(), failed))
+
+    def _notify(self, event: FailoverEvent):
+        for listener in self._listeners:
+            try:
+                listener.on_event(event)
+            except Exception as e:  # noqa: BLE001 - a listener must never break the audio path
+                logger.warning(f"{self}: {type(listener).__name__} failed on {event}: {e}")
 
     async def _all_failed(self, text: str, failures, unusable: list[str]):
         tried = [(pid, str(reason)) for pid, reason in failures]

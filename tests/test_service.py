@@ -444,3 +444,44 @@ def test_provider_ids_are_normalized_and_derived_from_service_classes():
         "scripted",
         "cartesia",
     ]
+
+
+#
+# Listeners (alerters, metrics)
+#
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+
+async def test_listeners_hear_attempts_failovers_and_one_mark_down(store):
+    from pipecat_tts_failover.events import FailedOver, ProviderDown, SentenceAttempted
+
+    services = providers(plan({0: "error"}), None, stall_after_words=0)
+    recorder = Recorder()
+    tts = failover(services, store, alerters=[recorder])
+    await speak_all(tts, SENTENCES[:2])
+    attempts = [(e.provider_id, e.outcome) for e in recorder.events if isinstance(e, SentenceAttempted)]
+    assert attempts == [("primary", "error"), ("secondary", "spoken"), ("secondary", "spoken")]
+    [hop] = [e for e in recorder.events if isinstance(e, FailedOver)]
+    assert (hop.from_id, hop.to_id, hop.reason) == ("primary", "secondary", FailureReason.ERROR)
+    assert 0 < hop.gap_seconds < 0.3
+    [down] = [e for e in recorder.events if isinstance(e, ProviderDown)]
+    assert (down.provider_id, down.reason, down.failed_sentences) == ("primary", FailureReason.ERROR, 1)
+    assert down.error == "scripted provider error message"
+
+    # The next call starts on the backup: nothing new to report.
+    again = providers(plan({0: "error"}), None, stall_after_words=0)
+    recorder2 = Recorder()
+    await speak_all(failover(again, store, alerters=[recorder2]), SENTENCES[:1])
+    assert not [e for e in recorder2.events if isinstance(e, ProviderDown)]
+
+
+def test_listeners_must_have_on_event():
+    with pytest.raises(TypeError, match="on_event"):
+        FailoverTTSService(services=providers(None, None), alerters=[object()])
