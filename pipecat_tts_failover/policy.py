@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store.base import ProviderHealth
+from pipecat_tts_failover.store.base import Controls, ProviderHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +47,17 @@ class CallPolicy:
         health: Health per provider, read from the store at call start. A
             provider is down when its record has ``down_until`` set: stores
             report only mark-downs that are still in force.
+        controls: The operator's controls: a pinned provider starts every
+            call; with failover disabled the call uses one provider only.
+        canary: A provider marked down that this call tries anyway, as a
+            canary for its recovery.
     """
 
     provider_ids: Sequence[str]
     failure_threshold: int
     health: Mapping[str, ProviderHealth] = field(default_factory=dict)
+    controls: Controls = field(default_factory=Controls)
+    canary: str | None = None
     call_provider: str = field(init=False)
     _down: set[str] = field(init=False)
     _failures: dict[str, int] = field(init=False)
@@ -60,12 +66,27 @@ class CallPolicy:
         self._down = {
             pid
             for pid in self.provider_ids
-            if pid in self.health and self.health[pid].down_until is not None
+            if pid in self.health and self.health[pid].down_until is not None and pid != self.canary
         }
         self._failures = dict.fromkeys(self.provider_ids, 0)
-        self.call_provider = next(
-            (pid for pid in self.provider_ids if pid not in self._down), self.provider_ids[0]
-        )
+        # Providers the store has reported down during this call: only these
+        # can be seen to come back.
+        self._store_down = set(self._down)
+        pinned = self.controls.pinned
+        if pinned in self.provider_ids:
+            self.call_provider = pinned
+        elif not self.controls.failover_enabled:
+            self.call_provider = self.provider_ids[0]
+        else:
+            self.call_provider = self._first_up()
+
+    def _first_up(self) -> str:
+        return next((pid for pid in self.provider_ids if pid not in self._down), self.provider_ids[0])
+
+    @property
+    def failover_enabled(self) -> bool:
+        """False when the operator's kill switch is on."""
+        return self.controls.failover_enabled
 
     @property
     def down(self) -> frozenset[str]:
@@ -83,6 +104,8 @@ class CallPolicy:
             The call's provider first, then the healthy ones in preference
             order, then those marked down.
         """
+        if not self.failover_enabled:
+            return [self.call_provider]
         skip = set(unusable)
         rest = [pid for pid in self.provider_ids if pid != self.call_provider]
         ordered = [self.call_provider, *(p for p in rest if p not in self._down)]
@@ -108,6 +131,8 @@ class CallPolicy:
             The providers to mark down and where the call moved, if anywhere.
         """
         marked_down: list[tuple[str, FailureReason]] = []
+        if not self.failover_enabled:
+            return SentenceOutcome()
         for pid, reason in failures:
             self._failures[pid] += 1
             crossed = reason.is_permanent or self._failures[pid] >= self.failure_threshold
@@ -123,3 +148,31 @@ class CallPolicy:
             moved_from, moved_to = self.call_provider, spoken_by
             self.call_provider = spoken_by
         return SentenceOutcome(tuple(marked_down), moved_from, moved_to)
+
+    def refresh(self, health: Mapping[str, ProviderHealth]) -> tuple[str, str] | None:
+        """Move the call back to a more preferred provider the store reports healthy again.
+
+        Used with ``return_to_primary="immediately"``. A pinned call or one with
+        failover disabled never moves.
+
+        Args:
+            health: Health per provider, as the store reports it now.
+
+        Returns:
+            ``(from_id, to_id)`` if the call moved, else None.
+        """
+        if self.controls.pinned in self.provider_ids or not self.failover_enabled:
+            return None
+        self._store_down |= {p for p, h in health.items() if h.down_until is not None}
+        for pid in self.provider_ids:
+            if pid == self.call_provider:
+                return None
+            record = health.get(pid)
+            if pid in self._store_down and record is not None and record.down_until is None:
+                self._store_down.discard(pid)
+                self._down.discard(pid)
+                self._failures[pid] = 0
+                moved = (self.call_provider, pid)
+                self.call_provider = pid
+                return moved
+        return None

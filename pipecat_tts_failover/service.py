@@ -1,6 +1,7 @@
 """FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -55,12 +56,14 @@ from pipecat_tts_failover.events import (
     FailoverEvent,
     FailoverListener,
     ProviderDown,
+    ProviderUp,
     SentenceAttempted,
 )
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink
-from pipecat_tts_failover.providers import resolve_services
-from pipecat_tts_failover.store.base import HealthStore
+from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
+from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
+from pipecat_tts_failover.store.base import Controls, HealthStore
 from pipecat_tts_failover.store.memory import default_store
 from pipecat_tts_failover.store.writer import StoreWriter
 
@@ -135,6 +138,11 @@ class FailoverTTSService(BasePipeline):
         silence_floor: float = DEFAULT_SILENCE_FLOOR,
         alerters: Sequence[FailoverListener] = (),
         metrics: FailoverListener | None = None,
+        probes: Mapping[str, Probe] | None = None,
+        probe_backoff: float = 5.0,
+        probe_backoff_max: float = 300.0,
+        return_to_primary: str = "next_call",
+        canary_fraction: float = 0.0,
         name: str | None = None,
     ):
         """Initialize the failover service.
@@ -161,6 +169,20 @@ class FailoverTTSService(BasePipeline):
                 (``SlackWebhookAlerter``, ``CallbackAlerter``, ...). Alerts are
                 sent from the alerters' own tasks, never on the audio path.
             metrics: A metrics listener such as ``PrometheusMetrics``.
+            probes: Recovery probes by provider id (``CartesiaProbe``,
+                ``ElevenLabsProbe``, ``ServiceProbe``). A provider with a probe
+                stays marked down until a probe speaks: it is probed shortly
+                before its cooldown ends, by one worker of the fleet, and
+                again with exponential backoff while it fails. A provider
+                without one comes back when its cooldown ends.
+            probe_backoff: Seconds before the probe after a first failed one.
+            probe_backoff_max: The longest wait between probes.
+            return_to_primary: ``"next_call"`` (a call in progress stays on its
+                provider; new calls start on the recovered one) or
+                ``"immediately"`` (a call moves back at its next sentence).
+            canary_fraction: Fraction (0..1) of new calls that start on a
+                preferred provider marked down anyway, as canaries: one that
+                speaks marks it healthy.
             name: Name of this processor in logs.
 
         Raises:
@@ -183,6 +205,22 @@ class FailoverTTSService(BasePipeline):
             raise TypeError(f"store must be a HealthStore, not {type(store).__name__}")
         self._store: HealthStore = store if store is not None else default_store()
 
+        if return_to_primary not in ("next_call", "immediately"):
+            raise ValueError(
+                f'return_to_primary must be "next_call" or "immediately", got {return_to_primary!r}'
+            )
+        self._return_immediately = return_to_primary == "immediately"
+        if not 0.0 <= non_negative("canary_fraction", canary_fraction) <= 1.0:
+            raise ValueError(f"canary_fraction must be between 0 and 1, got {canary_fraction!r}")
+        self._canary_fraction = float(canary_fraction)
+        self._probes = {normalize_provider_id(pid): probe for pid, probe in (probes or {}).items()}
+        unknown = set(self._probes) - set(resolved)
+        if unknown:
+            raise ValueError(f"probes names unknown providers: {', '.join(sorted(unknown))}")
+        self._probe_backoff = positive_seconds("probe_backoff", probe_backoff)
+        self._probe_backoff_max = positive_seconds("probe_backoff_max", probe_backoff_max)
+        self._recovery: Recovery | None = None
+        self._store_down: set[str] = set()
         listeners = [*alerters, *([metrics] if metrics is not None else [])]
         for listener in listeners:
             if not isinstance(listener, FailoverListener):
@@ -317,7 +355,26 @@ class FailoverTTSService(BasePipeline):
         except Exception as e:  # noqa: BLE001 - a call must start whatever the store does
             logger.warning(f"{self}: health store unreadable ({e!r}); assuming all providers up")
             health = {}
-        self._policy = CallPolicy(ids, self._failure_threshold, health)
+        controls = await self._read_controls()
+        down = {pid for pid, h in health.items() if h.down_until is not None}
+        canary = None
+        preferred = ids[0]
+        if preferred in down and self._canary_fraction and random.random() < self._canary_fraction:
+            canary = preferred
+            logger.info(f"{self}: this call is a canary for {preferred}")
+        self._store_down = down
+        self._policy = CallPolicy(ids, self._failure_threshold, health, controls, canary)
+        if self._probes:
+            self._recovery = recovery_for(
+                self._store,
+                first_audio_timeout=self._deadlines.first_audio,
+                silence_floor=self._deadlines.silence_floor,
+                backoff_base=self._probe_backoff,
+                backoff_max=self._probe_backoff_max,
+            )
+            self._recovery.add(self._probes, self._listeners)
+            for pid in down:
+                self._recovery.watch(pid)
         if self._policy.down:
             logger.info(
                 f"{self}: call starts on {self._policy.call_provider}; "
@@ -325,6 +382,14 @@ class FailoverTTSService(BasePipeline):
             )
         for link in self._links.values():
             await link.send_lifecycle(frame, timeout=None)
+
+    async def _read_controls(self) -> Controls:
+        try:
+            async with asyncio.timeout(_STORE_READ_TIMEOUT):
+                return await self._store.get_controls()
+        except Exception as e:  # noqa: BLE001 - a call must start whatever the store does
+            logger.warning(f"{self}: operator controls unreadable ({e!r}); using defaults")
+            return Controls()
 
     async def _stop(self, frame: EndFrame):
         await self._writer.drain(timeout=2.0)
@@ -412,6 +477,8 @@ class FailoverTTSService(BasePipeline):
         remaining = text
         started = asyncio.get_running_loop().time()
         first_audio_at: float | None = None
+        if self._return_immediately:
+            await self._return_if_recovered()
         unusable = [pid for pid, link in self._links.items() if not link.is_usable]
         for pid in self._policy.order_for_sentence(unusable):
             if failures:
@@ -439,6 +506,16 @@ class FailoverTTSService(BasePipeline):
             await self._all_failed(text, failures, unusable)
         if standalone:
             await self._end_turn()
+
+    async def _return_if_recovered(self):
+        """Move the call back to a preferred provider that recovered (``return_to_primary="immediately"``)."""
+        try:
+            async with asyncio.timeout(_STORE_READ_TIMEOUT):
+                health = await self._store.get(self.provider_ids)
+        except Exception:  # noqa: BLE001 - stay where we are if the store can't say
+            return
+        if moved := self._policy.refresh(health):
+            logger.info(f"{self}: {moved[1]} recovered; call moves back from {moved[0]}")
 
     async def _attempt(
         self, link: ProviderLink, text: str, turn: _Turn, announcement: AggregatedTextFrame
@@ -510,6 +587,10 @@ class FailoverTTSService(BasePipeline):
             self._writer.submit(lambda pid=pid, reason=reason: self._store.record_failure(pid, reason))
         if spoken_by is not None:
             self._writer.submit(lambda: self._store.record_success(spoken_by))
+            if spoken_by in self._store_down:
+                # A canary (or a last resort) spoke: the provider is back.
+                self._store_down.discard(spoken_by)
+                self._writer.submit(lambda: self._mark_up(spoken_by))
         for pid, reason in outcome.marked_down:
             logger.warning(f"{self}: marking {pid} down for {self._cooldown:g}s ({reason})")
             failed = sum(1 for p, _ in failures if p == pid)
@@ -527,6 +608,15 @@ class FailoverTTSService(BasePipeline):
         """Mark a provider down; the one worker whose write changed the state reports it."""
         if await self._store.mark_down(pid, reason=reason, cooldown=self._cooldown):
             self._notify(ProviderDown(pid, reason, error, time.time(), failed))
+        if self._recovery is not None:
+            self._recovery.watch(pid)
+
+    async def _mark_up(self, pid: str):
+        health = (await self._store.get([pid]))[pid]
+        if await self._store.mark_up(pid):
+            outage = time.time() - health.since if health.since else None
+            logger.info(f"{self}: {pid} spoke again; marked healthy")
+            self._notify(ProviderUp(pid, outage))
 
     def _notify(self, event: FailoverEvent):
         for listener in self._listeners:

@@ -72,3 +72,34 @@ def test_all_failing_does_not_move_the_call_without_a_better_provider():
     assert policy.call_provider == "a"
     # Both are down for this call now, and the next sentence still tries both.
     assert policy.order_for_sentence() == ["a", "b"]
+
+
+def test_pinned_provider_starts_every_call():
+    from pipecat_tts_failover.store.base import Controls
+
+    policy = CallPolicy(IDS, 1, {"b": ProviderHealth("b", down_until=2000.0)}, Controls(pinned="b"))
+    assert policy.call_provider == "b"
+
+
+def test_kill_switch_keeps_one_provider_and_marks_nothing_down():
+    from pipecat_tts_failover.store.base import Controls
+
+    policy = CallPolicy(IDS, 1, {"a": DOWN}, Controls(failover_enabled=False))
+    assert policy.call_provider == "a"
+    assert policy.order_for_sentence() == ["a"]
+    assert policy.sentence_done([("a", FailureReason.ERROR)], spoken_by=None).marked_down == ()
+
+
+def test_canary_call_tries_a_provider_marked_down():
+    assert CallPolicy(IDS, 1, {"a": DOWN}, canary="a").call_provider == "a"
+
+
+def test_refresh_returns_to_a_recovered_primary_only_after_the_store_saw_it_down():
+    policy = CallPolicy(IDS, 1)
+    policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
+    assert policy.call_provider == "b"
+    # The store has not recorded the mark-down yet: that is no recovery.
+    assert policy.refresh({"a": ProviderHealth("a")}) is None
+    assert policy.refresh({"a": DOWN}) is None
+    assert policy.refresh({"a": ProviderHealth("a")}) == ("b", "a")
+    assert policy.call_provider == "a" and policy.order_for_sentence()[0] == "a"

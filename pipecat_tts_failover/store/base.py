@@ -41,6 +41,20 @@ class ProviderHealth:
         return self.down_until is not None and now < self.down_until
 
 
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """What an operator has set for every new call.
+
+    Parameters:
+        pinned: A provider every new call starts on, or None.
+        failover_enabled: False is the kill switch: calls always use the
+            preferred (or pinned) provider and never fail over.
+    """
+
+    pinned: str | None = None
+    failover_enabled: bool = True
+
+
 @runtime_checkable
 class HealthStore(Protocol):
     """Where provider health is kept, so new calls start on a healthy provider.
@@ -77,6 +91,33 @@ class HealthStore(Protocol):
 
     async def mark_up(self, provider_id: str) -> bool:
         """Mark a provider healthy; True if it was down before."""
+        ...
+
+    async def extend_down(self, provider_id: str, cooldown: float) -> bool:
+        """Keep a provider that is down marked down until at least ``cooldown`` seconds from now.
+
+        Used by recovery after a failed probe. Not a new incident: nothing is
+        published as a mark-down, ``since`` and ``reason`` stay.
+
+        Returns:
+            True if it was down, False if it was up (then nothing changes).
+        """
+        ...
+
+    async def try_lock(self, name: str, ttl: float) -> bool:
+        """Take a named lock for ``ttl`` seconds; False while someone else holds it."""
+        ...
+
+    async def release_lock(self, name: str) -> None:
+        """Release a named lock taken with ``try_lock`` (by this store)."""
+        ...
+
+    async def get_controls(self) -> Controls:
+        """The operator's controls for new calls (answered from a local view where there is one)."""
+        ...
+
+    async def set_controls(self, controls: Controls) -> None:
+        """Replace the operator's controls; every worker's new calls see them."""
         ...
 
     async def close(self) -> None:

@@ -4,7 +4,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store.base import Clock, ProviderHealth, wall_clock
+from pipecat_tts_failover.store.base import Clock, Controls, ProviderHealth, wall_clock
 
 
 class InMemoryHealthStore:
@@ -21,6 +21,8 @@ class InMemoryHealthStore:
     def __init__(self, *, clock: Clock = wall_clock):
         self._clock = clock
         self._health: dict[str, ProviderHealth] = {}
+        self._locks: dict[str, float] = {}
+        self._controls = Controls()
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
         """Return the health of each provider (a healthy record for unknown ones)."""
@@ -68,12 +70,48 @@ class InMemoryHealthStore:
             self._health[provider_id] = health
         return health
 
+    async def extend_down(self, provider_id: str, cooldown: float) -> bool:
+        """Keep a provider that is down marked down for ``cooldown`` more seconds from now.
+
+        Returns:
+            True if it was down (and now stays down longer), False otherwise.
+        """
+        now = self._clock()
+        health = self._current(provider_id, now)
+        if health.down_until is None:
+            return False
+        until = max(health.down_until, now + cooldown)
+        self._health[provider_id] = dataclasses.replace(health, down_until=until)
+        return True
+
+    async def try_lock(self, name: str, ttl: float) -> bool:
+        """Take a named lock for ``ttl`` seconds; False if someone else holds it."""
+        now = self._clock()
+        if self._locks.get(name, 0.0) > now:
+            return False
+        self._locks[name] = now + ttl
+        return True
+
+    async def release_lock(self, name: str) -> None:
+        """Release a named lock."""
+        self._locks.pop(name, None)
+
+    async def get_controls(self) -> Controls:
+        """The operator's controls: pinned provider, failover on or off."""
+        return self._controls
+
+    async def set_controls(self, controls: Controls) -> None:
+        """Replace the operator's controls."""
+        self._controls = controls
+
     async def close(self) -> None:
         """Nothing to release; present for the protocol."""
 
     def reset(self) -> None:
         """Forget everything (for tests and operators)."""
         self._health.clear()
+        self._locks.clear()
+        self._controls = Controls()
 
 
 _default: InMemoryHealthStore | None = None

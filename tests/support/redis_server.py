@@ -123,23 +123,29 @@ class RedisServer:
     def start(self) -> "RedisServer":
         """Start the server and wait until it answers PING."""
         assert self.process is None or self.process.poll() is not None, "already running"
-        log = open(self.workdir / f"redis-{self.port}.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--dir", str(self.workdir),
-                "--enable-debug-command", "local",
-                *self.extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.workdir / f"redis-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                    str(self.workdir),
+                    "--enable-debug-command",
+                    "local",
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_until(self.ping, what=f"redis-server on port {self.port}")
         return self
 
@@ -176,8 +182,12 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
         )
         # The server is asleep once it stops answering.
-        wait_until(lambda: _command(self.port, "PING", timeout=0.05) is None, timeout=2.0,
-                   interval=0.005, what="DEBUG SLEEP to take effect")
+        wait_until(
+            lambda: _command(self.port, "PING", timeout=0.05) is None,
+            timeout=2.0,
+            interval=0.005,
+            what="DEBUG SLEEP to take effect",
+        )
         return process
 
     def stop(self):
@@ -199,9 +209,12 @@ class RedisCluster:
                 Path(workdir) / f"node{i}",
                 port=port,
                 extra_args=(
-                    "--cluster-enabled", "yes",
-                    "--cluster-config-file", str(Path(workdir) / f"node{i}" / "nodes.conf"),
-                    "--cluster-node-timeout", "2000",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(Path(workdir) / f"node{i}" / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "2000",
                 ),
             )
             for i, port in enumerate(_distinct_ports(3, with_bus=True))
@@ -218,7 +231,15 @@ class RedisCluster:
             node.start()
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -251,7 +272,10 @@ class RedisSentinel:
         self.service_name = service_name
         self.master = RedisServer(self.workdir / "master")
         self.replicas = [
-            RedisServer(self.workdir / f"replica{i}", extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+            RedisServer(
+                self.workdir / f"replica{i}",
+                extra_args=("--replicaof", "127.0.0.1", str(self.master.port)),
+            )
             for i in range(replicas)
         ]
         self.port = free_port()
@@ -280,16 +304,19 @@ class RedisSentinel:
             f"sentinel down-after-milliseconds {self.service_name} 500\n"
             f"sentinel failover-timeout {self.service_name} 5000\n"
         )
-        log = open(self.workdir / "sentinel.log", "ab")
-        self.process = subprocess.Popen(
-            ["redis-server", str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+        with open(self.workdir / "sentinel.log", "ab") as log:
+            self.process = subprocess.Popen(
+                ["redis-server", str(config), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(
+            lambda: self.master_port() == self.master.port, what="sentinel to know the master"
         )
-        log.close()
-        wait_until(lambda: self.master_port() == self.master.port, what="sentinel to know the master")
         for replica in self.replicas:
             wait_until(
-                lambda replica=replica: str(replica.port).encode()
-                in (_command(self.port, "SENTINEL", "replicas", self.service_name) or b""),
+                lambda replica=replica: (
+                    str(replica.port).encode()
+                    in (_command(self.port, "SENTINEL", "replicas", self.service_name) or b"")
+                ),
                 what=f"sentinel to know replica {replica.port}",
             )
         return self
@@ -316,12 +343,50 @@ def make_tls_files(directory: Path) -> dict[str, Path]:
     files = {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
     (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
     for args in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "ca.key", "-out", files["ca"],
-         "-days", "1", "-subj", "/CN=test-ca"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["key"], "-out", d / "server.csr",
-         "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", d / "server.csr", "-CA", files["ca"], "-CAkey", d / "ca.key",
-         "-CAcreateserial", "-out", files["cert"], "-days", "1", "-extfile", d / "ext.cnf"],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            d / "ca.key",
+            "-out",
+            files["ca"],
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test-ca",
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            files["key"],
+            "-out",
+            d / "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            d / "server.csr",
+            "-CA",
+            files["ca"],
+            "-CAkey",
+            d / "ca.key",
+            "-CAcreateserial",
+            "-out",
+            files["cert"],
+            "-days",
+            "1",
+            "-extfile",
+            d / "ext.cnf",
+        ],
     ):
         subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
     return files

@@ -1,0 +1,485 @@
+"""RedisHealthStore: provider health shared by every worker of a fleet through Redis."""
+
+try:
+    import redis  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        'RedisHealthStore needs the redis package: pip install "pipecat-tts-failover[redis]"'
+    ) from e
+
+import asyncio
+import enum
+import functools
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.store._redis_client import OwnedClient, make_client, mask_url, redact
+from pipecat_tts_failover.store._redis_scripts import (
+    SCRIPT_NAMES,
+    Keys,
+    Reply,
+    decode_ids,
+    parse_message,
+    parse_reply,
+    parse_snapshot,
+    script_source,
+)
+from pipecat_tts_failover.store._redis_view import LocalView, Owed, PendingWrites
+from pipecat_tts_failover.store.base import Clock, ProviderHealth, wall_clock
+
+__all__ = ["RedisHealthStore", "mask_url"]
+
+# An idle subscription sends PING this often; two silent periods mean the link is dead.
+_HEARTBEAT = 5.0
+# First delay before reconnecting; it doubles up to max_reconnect_delay.
+_FIRST_RETRY_DELAY = 0.05
+
+
+class _Link(enum.Enum):
+    """Where the store stands with Redis."""
+
+    CONNECTING = "connecting"  # started, first synchronization not finished
+    ONLINE = "online"  # subscribed, view synchronized: callers use Redis
+    OFFLINE = "offline"  # callers use the local view; the link task reconnects
+
+
+class RedisHealthStore:
+    """Provider health in Redis, shared by every worker, read from a local view.
+
+    Counts and state changes are Lua scripts, so each is atomic across the
+    fleet: ``mark_down`` returns True for exactly one caller per incident.
+    Each change is published; every store subscribes and keeps a local view
+    of every provider, so ``get()`` answers from memory and sees another
+    worker's mark-down within milliseconds.
+
+    Redis never blocks a call. Each Redis call made for a caller is bounded by
+    ``op_timeout``; if it fails, or the subscription drops, the store answers
+    from its local view, counts and marks locally, logs once (WARNING), and a
+    background task reconnects with backoff, writes back what it learned,
+    resynchronizes and logs once more (INFO). While Redis is away each worker
+    decides mark-downs on its own, so one incident may alert once per worker.
+
+    Nothing touches the network until the first call (or :meth:`connect`).
+    Expiry uses wall-clock times from ``clock`` passed to the scripts, so
+    workers' clocks should agree (NTP) to well under a cooldown.
+
+    Keys share one hash tag (``{tts-failover}:provider:cartesia``,
+    ``{tts-failover}:providers``, ``{tts-failover}:epoch``) and changes are
+    published on ``{tts-failover}:events``; see ``_redis_scripts``.
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
+            for TLS, or ``unix://``. With ``cluster=True``, any node of a
+            Redis Cluster.
+        client: A ``redis.asyncio`` ``Redis`` or ``RedisCluster`` of your
+            own, instead of ``url``; the store never closes it.
+        key_prefix: Prefix of every key and of the channel; wrapped in ``{}``
+            as a cluster hash tag unless it already has one.
+        cluster: Treat ``url`` as a Redis Cluster node.
+        sentinels: ``(host, port)`` of Redis Sentinels, instead of ``url``;
+            requires ``service_name``.
+        service_name: The Sentinel service (master) name.
+        op_timeout: Seconds one Redis call made for a caller may take before
+            the store falls back to its local view.
+        socket_timeout: Socket connect and read timeout of the client the
+            store creates; bounds background work.
+        max_reconnect_delay: Longest wait between reconnection attempts.
+        connection_options: More keyword arguments for the client the store
+            creates (``ssl_ca_certs``, ``username``, ``password``...).
+        clock: Wall-clock source, injectable for tests.
+
+    Raises:
+        ValueError: Not exactly one of ``url``, ``client``, ``sentinels``, or
+            a bad URL, prefix or timeout.
+        TypeError: ``client`` is not a ``redis.asyncio`` client.
+
+    Example::
+
+        store = RedisHealthStore("rediss://tts:secret@redis.internal:6380/0")
+        tts = FailoverTTSService(providers=[...], store=store)
+        ...
+        await store.close()
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | RedisCluster | None = None,
+        key_prefix: str = "tts-failover",
+        cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] | None = None,
+        service_name: str | None = None,
+        op_timeout: float = 0.05,
+        socket_timeout: float = 1.0,
+        max_reconnect_delay: float = 2.0,
+        connection_options: Mapping[str, Any] | None = None,
+        clock: Clock = wall_clock,
+    ):
+        if sum(x is not None for x in (url, client, sentinels)) != 1:
+            raise ValueError("pass exactly one of url, client or sentinels")
+        if not isinstance(key_prefix, str) or not key_prefix.strip():
+            raise ValueError(f"key_prefix must be a non-empty string, got {key_prefix!r}")
+        for name, value in (
+            ("op_timeout", op_timeout),
+            ("socket_timeout", socket_timeout),
+            ("max_reconnect_delay", max_reconnect_delay),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+
+        self._owned: OwnedClient | None = None
+        if client is not None:
+            if not isinstance(client, (Redis, RedisCluster)):
+                raise TypeError(
+                    f"client must be a redis.asyncio Redis or RedisCluster, not {type(client).__name__}"
+                )
+            if cluster or connection_options:
+                raise ValueError("cluster and connection_options apply only to a url")
+            self._client = client
+            self._description, self._secrets = f"client={type(client).__name__}", []
+        else:
+            self._owned = make_client(
+                url=url,
+                cluster=cluster,
+                sentinels=sentinels,
+                service_name=service_name,
+                options=connection_options or {},
+                socket_timeout=socket_timeout,
+            )
+            self._client = self._owned.client
+            self._description, self._secrets = self._owned.description, self._owned.secrets
+
+        self._keys = Keys(key_prefix)
+        self._scripts = {n: self._client.register_script(_source(n)) for n in SCRIPT_NAMES}
+        self._op_timeout = op_timeout
+        self._sync_timeout = max(2.0, 2 * socket_timeout)
+        self._max_reconnect_delay = max_reconnect_delay
+        self._clock = clock
+
+        self._view = LocalView()
+        self._pending = PendingWrites()
+        self._link = _Link.CONNECTING
+        self._generation = 0  # bumped on each (re)connection, to ignore stale failures
+        self._epoch: str | None = None
+        self._settled = asyncio.Event()  # the first connection attempt has finished
+        self._online = asyncio.Event()
+        self._lost = asyncio.Event()  # a caller's Redis call failed: reconnect
+        self._outage_started: float | None = None
+        self._written_back = 0
+        self._task: asyncio.Task | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisHealthStore({self._description}, key_prefix={self._keys.prefix!r})"
+
+    @property
+    def connected(self) -> bool:
+        """Whether the store is subscribed and its view synchronized with Redis."""
+        return self._link is _Link.ONLINE and not self._closed
+
+    async def connect(self, timeout: float = 5.0) -> bool:
+        """Start the store and wait until it is synchronized with Redis.
+
+        Optional: the store starts on first use anyway. Useful at startup, so
+        the first call's ``get()`` already has the fleet's view.
+
+        Args:
+            timeout: Seconds to wait.
+
+        Returns:
+            Whether the store is connected; if not, it keeps trying in the background.
+        """
+        if self._closed:
+            return False
+        self._start()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._online.wait()
+        except TimeoutError:
+            pass
+        return self.connected
+
+    async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
+        """Return the health of each provider, from the local view (no Redis round trip)."""
+        await self._ready()
+        now = self._clock()
+        return {pid: self._view.get(pid, now) for pid in provider_ids}
+
+    async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
+        """Count a failed sentence; return the fleet's consecutive failure count."""
+        if await self._ready():
+            reply = await self._run("record_failure", provider_id, 1)
+            if reply is not None:
+                return reply.failures
+        self._pending.failure(provider_id)
+        return self._view.count_failure(provider_id)
+
+    async def record_success(self, provider_id: str) -> None:
+        """Reset the consecutive failure count after a spoken sentence."""
+        if await self._ready() and await self._run("record_success", provider_id) is not None:
+            return
+        if self._view.reset_failures(provider_id):
+            self._pending.success(provider_id)
+
+    async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:
+        """Mark a provider down for ``cooldown`` seconds; True if this call took it down."""
+        reason = FailureReason(reason)
+        now = self._clock()
+        if await self._ready():
+            reply = await self._run(
+                "mark_down", provider_id, now, now + cooldown, reason.value, now
+            )
+            if reply is not None:
+                return reply.changed
+        health = self._view.mark_down(
+            provider_id, reason=reason, down_until=now + cooldown, now=now
+        )
+        if health is None:
+            return False
+        self._pending.mark_down(health)
+        return True
+
+    async def mark_up(self, provider_id: str) -> bool:
+        """Mark a provider healthy; True if it was down before."""
+        now = self._clock()
+        if await self._ready():
+            reply = await self._run("mark_up", provider_id, now, "")
+            if reply is not None:
+                return reply.changed
+        was_down, changed = self._view.mark_up(provider_id, now)
+        if changed:
+            self._pending.mark_up(provider_id, now)
+        return was_down
+
+    async def close(self) -> None:
+        """Stop the background task and close the client if the store created it.
+
+        Safe to call twice. Changes still owed to an unreachable Redis are lost
+        (with a warning).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._link = _Link.OFFLINE  # quietly: nothing is lost, the store is done
+        self._online.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        if len(self._pending):
+            logger.warning(f"{self!r}: closing with {len(self._pending)} change(s) Redis never got")
+        if self._owned is not None:
+            try:
+                await self._owned.aclose()
+            except Exception as e:
+                logger.debug(f"{self!r}: closing the Redis client failed: {self._describe(e)}")
+
+    # -- callers' side ------------------------------------------------------
+
+    def _start(self):
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._maintain(), name=f"{self!r}::link")
+
+    async def _ready(self) -> bool:
+        """Start the store if needed; whether a caller should use Redis now."""
+        if self._closed:
+            return False
+        self._start()
+        if self._link is _Link.CONNECTING:
+            try:
+                async with asyncio.timeout(self._op_timeout):
+                    await self._settled.wait()
+            except TimeoutError:
+                pass
+        return self._link is _Link.ONLINE
+
+    async def _run(self, name: str, provider_id: str, *args: Any) -> Reply | None:
+        """Run a record script for a caller; None (and offline) if Redis failed it."""
+        generation = self._generation
+        try:
+            async with asyncio.timeout(self._op_timeout):
+                raw = await self._script(name, provider_id, *args)
+        except Exception as e:
+            self._lose(e, generation)
+            return None
+        reply = parse_reply(provider_id, raw)
+        self._view.apply(reply.revision)
+        return reply
+
+    async def _script(self, name: str, provider_id: str, *args: Any) -> Any:
+        keys = [self._keys.provider(provider_id), self._keys.index]
+        args = (self._keys.channel, provider_id, *args)
+        return await self._scripts[name](keys=keys, args=args, client=self._client)
+
+    def _lose(self, error: Exception, generation: int | None = None):
+        """Go offline (logging once per outage) after ``error``."""
+        if self._link is _Link.OFFLINE or generation not in (None, self._generation):
+            return
+        self._link = _Link.OFFLINE
+        self._online.clear()
+        self._settled.set()
+        self._lost.set()
+        self._outage_started = time.monotonic()
+        logger.warning(
+            f"{self!r}: Redis unavailable ({self._describe(error)}); "
+            "answering from the local view and reconnecting in the background"
+        )
+
+    def _describe(self, error: Exception) -> str:
+        text = str(error) or f"no reply within {self._op_timeout:g}s"
+        return redact(f"{type(error).__name__}: {text}", self._secrets)
+
+    # -- the link task ------------------------------------------------------
+
+    async def _maintain(self):
+        """Keep the subscription and view current; reconnect with backoff."""
+        delay = _FIRST_RETRY_DELAY
+        while True:
+            pubsub = None
+            try:
+                async with asyncio.timeout(self._sync_timeout):
+                    if isinstance(self._client, RedisCluster):
+                        await self._client.initialize()  # its pubsub needs the slot map
+                    pubsub = self._client.pubsub()
+                    await pubsub.subscribe(self._keys.channel)
+                    await self._sync()
+                delay = _FIRST_RETRY_DELAY
+                await self._listen(pubsub)
+            except Exception as e:
+                self._lose(e)
+            finally:
+                if pubsub is not None:
+                    await self._close_pubsub(pubsub)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self._max_reconnect_delay)
+
+    async def _sync(self):
+        """Write back what is owed, then replace the view with Redis's records; go online."""
+        for name in SCRIPT_NAMES:  # so callers' first EVALSHA does not miss
+            await self._client.script_load(_source(name))
+        while True:
+            await self._flush()
+            ids = decode_ids(await self._client.smembers(self._keys.index))
+            raw = await self._scripts["snapshot"](
+                keys=[self._keys.epoch, *map(self._keys.provider, ids)],
+                args=[uuid.uuid4().hex, *ids],
+                client=self._client,
+            )
+            epoch, revisions = parse_snapshot(raw)
+            if self._epoch is not None and epoch != self._epoch:
+                # Redis came back without its data: restore the mark-downs we know of.
+                active = self._view.active_mark_downs(self._clock())
+                logger.warning(
+                    f"{self!r}: Redis lost its data; writing back {len(active)} mark-down(s)"
+                )
+                for health in active:
+                    self._pending.mark_down(health)
+            self._epoch = epoch
+            if not len(self._pending):
+                self._view.replace(revisions)
+                self._go_online()
+                return
+
+    async def _flush(self):
+        """Write back the changes made while Redis was away."""
+        while (item := self._pending.pop()) is not None:
+            provider_id, owed = item
+            written = False
+            try:
+                await self._write_back(provider_id, owed)
+                written = True
+            finally:
+                if not written:  # failed or cancelled: owed until the next connection
+                    self._pending.put_back(provider_id, owed)
+            self._written_back += 1
+
+    async def _write_back(self, provider_id: str, owed: Owed):
+        now = self._clock()
+        down = owed.mark_down
+        if down is not None and down.is_down(now):
+            reason = down.reason or FailureReason.ERROR
+            await self._script(
+                "mark_down", provider_id, now, down.down_until, reason.value, down.since
+            )
+        elif owed.mark_up_at is not None:
+            await self._script("mark_up", provider_id, now, owed.mark_up_at)
+        if owed.reset:
+            await self._script("record_success", provider_id)
+        if owed.failures:
+            await self._script("record_failure", provider_id, owed.failures)
+
+    def _go_online(self):
+        self._generation += 1
+        self._link = _Link.ONLINE
+        self._lost.clear()
+        self._online.set()
+        self._settled.set()
+        if self._outage_started is not None:
+            outage = time.monotonic() - self._outage_started
+            logger.info(
+                f"{self!r}: Redis reachable again after {outage:.1f}s; "
+                f"wrote back {self._written_back} provider record(s)"
+            )
+        else:
+            logger.debug(f"{self!r}: connected")
+        self._outage_started = None
+        self._written_back = 0
+
+    async def _listen(self, pubsub: PubSub):
+        """Apply published changes until the subscription fails or a caller's call does."""
+        reader = asyncio.create_task(self._read(pubsub), name=f"{self!r}::subscription")
+        lost = asyncio.create_task(self._lost.wait(), name=f"{self!r}::lost")
+        try:
+            done, _ = await asyncio.wait({reader, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, lost):
+                task.cancel()
+            await asyncio.wait({reader, lost})
+        if reader in done:
+            reader.result()  # raises what ended the subscription
+
+    async def _read(self, pubsub: PubSub):
+        heard = time.monotonic()
+        awaiting_pong = False
+        while True:
+            message = await pubsub.get_message(timeout=_HEARTBEAT)
+            if message is not None:
+                heard, awaiting_pong = time.monotonic(), False
+                if message.get("type") == "message":
+                    self._on_message(message["data"])
+            elif time.monotonic() - heard >= _HEARTBEAT:
+                if awaiting_pong:
+                    raise ConnectionError("no reply to PING on the subscription")
+                await pubsub.ping()
+                heard, awaiting_pong = time.monotonic(), True
+
+    def _on_message(self, data: str | bytes):
+        try:
+            revision = parse_message(data)
+        except ValueError as e:
+            logger.debug(f"{self!r}: ignoring a message: {e}")
+            return
+        self._view.apply(revision)
+
+    async def _close_pubsub(self, pubsub: PubSub):
+        try:
+            async with asyncio.timeout(self._op_timeout * 4):
+                # aclose() arrived in redis-py 5.0.1; reset() is the older name.
+                await getattr(pubsub, "aclose", pubsub.reset)()
+        except Exception as e:
+            logger.trace(f"{self!r}: closing the subscription: {self._describe(e)}")
+
+
+@functools.cache
+def _source(name: str) -> str:
+    return script_source(name)

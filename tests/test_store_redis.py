@@ -1,0 +1,644 @@
+"""RedisHealthStore beyond the contract: propagation, concurrency, faults, cluster, sentinel.
+
+Every test runs against real redis-server processes it starts on free ports
+(``tests/support/redis_server.py``). Timing is asserted loosely (a bound far
+above the op timeout); precise figures belong to the benchmarks.
+"""
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.store import HealthStore
+from pipecat_tts_failover.store._redis_scripts import Keys, script_source
+from pipecat_tts_failover.store.redis import RedisHealthStore, mask_url
+from tests.support.redis_server import (
+    RedisCluster,
+    RedisSentinel,
+    RedisServer,
+    captured_logs,
+    eventually,
+    free_port,
+    make_tls_files,
+    running,
+)
+
+# A call made while Redis is down, asleep or gone must return well within this.
+PROMPT = 0.5
+OP_TIMEOUT = 0.05
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the tests that do not break it."""
+    with running(RedisServer(tmp_path_factory.mktemp("shared"))) as server:
+        yield server
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server of the test's own, free to be killed, slowed and restarted."""
+    with running(RedisServer(tmp_path / "redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def stores():
+    """Make RedisHealthStores that are all closed when the test ends."""
+    made: list[RedisHealthStore] = []
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+    def make(url: str | None = None, **kwargs) -> RedisHealthStore:
+        kwargs.setdefault("key_prefix", prefix)
+        kwargs.setdefault("op_timeout", OP_TIMEOUT)
+        kwargs.setdefault("max_reconnect_delay", 0.2)
+        store = RedisHealthStore(url, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+async def is_down(store: HealthStore, provider_id: str) -> bool:
+    health = (await store.get([provider_id]))[provider_id]
+    return health.is_down(time.time())
+
+
+async def timed(awaitable):
+    """Await; return ``(result, seconds taken)``."""
+    started = time.monotonic()
+    result = await awaitable
+    return result, time.monotonic() - started
+
+
+def messages(records, level: str, text: str) -> list[str]:
+    return [r["message"] for r in records if r["level"].name == level and text in r["message"]]
+
+
+# -- configuration, secrets, packaging -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://alice:s3cret@host:6379/0", "redis://alice:***@host:6379/0"),
+        ("rediss://:s3cret@host:6380", "rediss://:***@host:6380"),
+        ("redis://s3cret@host", "redis://***@host"),
+        ("redis://host:6379/2", "redis://host:6379/2"),
+        ("unix:///run/redis.sock?db=1&password=s3cret", "unix:///run/redis.sock?db=1&password=***"),
+        ("redis://alice:p%40ss:word@host", "redis://alice:***@host"),
+    ],
+)
+def test_mask_url_hides_passwords(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_mask_url_never_echoes_an_unparseable_url():
+    assert "s3cret" not in mask_url("redis://alice:s3cret@[::1")
+
+
+def test_repr_names_the_server_without_the_password():
+    store = RedisHealthStore("rediss://alice:s3cret@redis.internal:6380/0")
+
+    assert "s3cret" not in repr(store)
+    assert "redis.internal:6380" in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({}, ValueError),
+        ({"url": "redis://h", "client": object()}, ValueError),
+        ({"url": "http://h"}, ValueError),
+        ({"url": "redis://h", "op_timeout": 0}, ValueError),
+        ({"url": "redis://h", "key_prefix": ""}, ValueError),
+        ({"sentinels": [("h", 26379)]}, ValueError),
+        ({"client": object()}, TypeError),
+    ],
+)
+def test_bad_configuration_raises_at_construction(kwargs, error):
+    with pytest.raises(error):
+        RedisHealthStore(**kwargs)
+
+
+async def test_construction_touches_no_network():
+    with captured_logs() as logs:
+        store = RedisHealthStore(f"redis://127.0.0.1:{free_port()}/0")
+        await asyncio.sleep(0.05)
+
+    assert not store.connected
+    assert logs == []
+    await store.close()
+
+
+def run_python(code: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_importing_the_store_package_does_not_import_redis():
+    result = run_python(
+        """
+        import sys
+        import pipecat_tts_failover.store
+        print("redis" in sys.modules)
+        """
+    )
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_missing_redis_package_names_the_extra():
+    result = run_python(
+        """
+        import sys
+        sys.modules["redis"] = None  # as if the extra were not installed
+        try:
+            from pipecat_tts_failover.store import RedisHealthStore
+        except ImportError as e:
+            print(e)
+        """
+    )
+    assert 'pip install "pipecat-tts-failover[redis]"' in result.stdout, result.stderr
+
+
+# -- what lives in Redis -----------------------------------------------------
+
+
+async def test_records_and_changes_use_hash_tagged_keys_and_one_channel(shared_server, stores):
+    store = stores(shared_server.url, key_prefix="layout")
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+    listener = raw.pubsub()
+    await listener.subscribe("{layout}:events")
+    await store.connect()
+
+    await store.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+
+    record = await raw.hgetall("{layout}:provider:cartesia")
+    assert record["reason"] == "stalled"
+    assert float(record["down_until"]) == pytest.approx(float(record["since"]) + 30)
+    assert await raw.smembers("{layout}:providers") == {"cartesia"}
+    assert await raw.exists("{layout}:epoch")
+    message = await eventually(
+        lambda: listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+    )
+    assert json.loads(message["data"])["p"] == "cartesia"
+    await listener.aclose()
+    await raw.aclose()
+
+
+async def test_a_prefix_with_its_own_hash_tag_is_kept(shared_server, stores):
+    store = stores(shared_server.url, key_prefix="{fleet-a}:tts")
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+
+    await store.record_failure("cartesia", FailureReason.ERROR)
+
+    assert await raw.hget("{fleet-a}:tts:provider:cartesia", "failures") == "1"
+    await raw.aclose()
+
+
+async def test_get_answers_from_the_local_view_without_a_round_trip(shared_server, stores):
+    store = stores(shared_server.url)
+    await store.connect()
+    await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+    raw = aioredis.Redis.from_url(shared_server.url)
+
+    before = (await raw.info("stats"))["total_commands_processed"]
+    for _ in range(200):
+        assert (await store.get(["cartesia", "elevenlabs"]))["cartesia"].down_until is not None
+    after = (await raw.info("stats"))["total_commands_processed"]
+
+    assert after - before <= 2  # our own INFO, and perhaps a subscription PING
+    await raw.aclose()
+
+
+async def test_a_client_passed_in_is_left_open(shared_server, stores):
+    client = aioredis.Redis.from_url(shared_server.url)
+    store = stores(client=client)
+    await store.record_failure("cartesia", FailureReason.ERROR)
+
+    await store.close()
+    await store.close()
+
+    assert await client.ping()
+    await client.aclose()
+
+
+async def test_an_acl_user_in_the_url_is_used_and_never_logged(server, stores):
+    server.command("ACL", "SETUSER", "tts", "on", ">s3cret-pw", "~*", "&*", "+@all")
+    server.command("ACL", "SETUSER", "default", "off")
+    with captured_logs() as logs:
+        good = stores(f"redis://tts:s3cret-pw@127.0.0.1:{server.port}/0")
+        bad = stores(f"redis://tts:wrong-pw@127.0.0.1:{server.port}/0")
+        assert await good.connect(timeout=2)
+        assert not await bad.connect(timeout=0.3)
+        assert await good.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+        server.kill()
+        await good.record_failure("cartesia", FailureReason.ERROR)
+
+    text = "\n".join(r["message"] for r in logs) + repr(good) + repr(bad)
+    assert "AuthenticationError" in text or "WRONGPASS" in text
+    assert "s3cret-pw" not in text and "wrong-pw" not in text
+
+
+async def test_rediss_urls_connect_over_tls(tmp_path, stores):
+    tls = make_tls_files(tmp_path / "tls")
+    tls_port = free_port()
+    server = RedisServer(
+        tmp_path / "redis",
+        extra_args=(
+            "--tls-port",
+            str(tls_port),
+            "--tls-cert-file",
+            str(tls["cert"]),
+            "--tls-key-file",
+            str(tls["key"]),
+            "--tls-ca-cert-file",
+            str(tls["ca"]),
+            "--tls-auth-clients",
+            "no",
+        ),
+    )
+    with running(server):
+        secure = stores(
+            f"rediss://127.0.0.1:{tls_port}/0", connection_options={"ssl_ca_certs": str(tls["ca"])}
+        )
+        plain = stores(server.url)
+        assert await secure.connect() and await plain.connect()
+
+        assert await secure.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+        await eventually(lambda: is_down(plain, "cartesia"))
+
+
+# -- propagation -------------------------------------------------------------
+
+
+async def test_another_store_sees_a_mark_down_and_mark_up_promptly(shared_server, stores):
+    writer, reader = stores(shared_server.url), stores(shared_server.url)
+    assert await writer.connect() and await reader.connect()
+
+    await writer.mark_down("cartesia", reason=FailureReason.NO_FIRST_AUDIO, cooldown=30)
+    _, took = await timed(eventually(lambda: is_down(reader, "cartesia"), timeout=2))
+    assert took < 1.0  # loosely; the benchmark measures it
+
+    await writer.mark_up("cartesia")
+    await eventually(lambda: _not(is_down(reader, "cartesia")), timeout=2)
+
+
+async def _not(awaitable) -> bool:
+    return not await awaitable
+
+
+CHILD = """
+import asyncio, sys
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.store.redis import RedisHealthStore
+
+async def main(url, prefix):
+    store = RedisHealthStore(url, key_prefix=prefix, op_timeout=2.0)
+    assert await store.connect(timeout=10)
+    changed = await store.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+    print("changed" if changed else "unchanged", flush=True)
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_workers_in_other_processes_share_one_incident(shared_server, stores):
+    prefix = f"procs-{uuid.uuid4().hex[:8]}"
+    here = stores(shared_server.url, key_prefix=prefix)
+    assert await here.connect()
+
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            CHILD,
+            shared_server.url,
+            prefix,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    outputs = [await asyncio.wait_for(c.communicate(), timeout=60) for c in children]
+
+    verdicts = sorted(out.decode().strip() for out, _ in outputs)
+    assert verdicts == ["changed", "unchanged", "unchanged", "unchanged"], outputs
+    await eventually(lambda: is_down(here, "cartesia"), timeout=2)
+
+
+# -- concurrency -------------------------------------------------------------
+
+
+async def test_many_workers_count_exactly_and_one_marks_each_incident_down(shared_server, stores):
+    workers = [stores(shared_server.url, op_timeout=5.0) for _ in range(30)]
+    assert all(await asyncio.gather(*(w.connect() for w in workers)))
+
+    counts = await asyncio.gather(
+        *(w.record_failure("cartesia", FailureReason.ERROR) for w in workers for _ in range(10))
+    )
+    assert sorted(counts) == list(range(1, 301))
+
+    for _incident in range(3):
+        downs = await asyncio.gather(
+            *(w.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30) for w in workers)
+        )
+        assert downs.count(True) == 1
+        ups = await asyncio.gather(*(w.mark_up("cartesia") for w in workers))
+        assert ups.count(True) == 1
+
+    await eventually(lambda: _all_failures(workers, "cartesia", 0), what="every view to settle")
+
+
+async def _all_failures(workers, provider_id, expected) -> bool:
+    views = await asyncio.gather(*(w.get([provider_id]) for w in workers))
+    return all(v[provider_id].failures == expected for v in views)
+
+
+# -- faults ------------------------------------------------------------------
+
+
+async def test_unreachable_at_start_answers_locally_then_writes_back(tmp_path, stores):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    store = stores(url)
+    with captured_logs() as logs:
+        downed, took = await timed(
+            store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+        )
+        assert downed is True and took < PROMPT
+        for _ in range(20):
+            _, took = await timed(store.record_failure("elevenlabs", FailureReason.ERROR))
+            assert took < PROMPT
+        assert await is_down(store, "cartesia")
+
+        with running(RedisServer(tmp_path / "late", port=port)):
+            await eventually(lambda: store.connected, what="the store to reconnect")
+            other = stores(url)
+            assert await other.connect()
+            health = await other.get(["cartesia", "elevenlabs"])
+            assert health["cartesia"].reason is FailureReason.ERROR
+            assert health["elevenlabs"].failures == 20
+
+    assert len(messages(logs, "WARNING", "unavailable")) == 1
+    assert len(messages(logs, "INFO", "reachable again")) == 1
+
+
+async def test_killed_while_idle_then_restarted_empty_converges(server, stores):
+    a, b = stores(server.url), stores(server.url)
+    assert await a.connect() and await b.connect()
+    await a.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+    await eventually(lambda: is_down(b, "cartesia"))
+
+    server.kill()
+    await eventually(lambda: not a.connected and not b.connected, what="the outage to be noticed")
+    downed, took = await timed(a.mark_down("elevenlabs", reason=FailureReason.ERROR, cooldown=30))
+    assert downed is True and took < PROMPT
+    assert await is_down(b, "cartesia")  # the local view outlives Redis
+
+    server.start()  # empty: no persistence
+    await eventually(lambda: a.connected and b.connected, what="both stores to reconnect")
+    await eventually(lambda: is_down(b, "elevenlabs"), what="the pending mark-down to reach b")
+    late = stores(server.url)
+    assert await late.connect()
+    # Redis forgot the earlier mark-down; the stores wrote it back from their views.
+    assert await is_down(late, "cartesia") and await is_down(late, "elevenlabs")
+
+
+async def test_killed_during_use_every_call_stays_prompt(server, stores):
+    a, b = stores(server.url), stores(server.url)
+    assert await a.connect() and await b.connect()
+    slowest = 0.0
+    stop = asyncio.Event()
+
+    async def hammer():
+        nonlocal slowest
+        i = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            await a.record_failure("cartesia", FailureReason.ERROR)
+            await a.get(["cartesia", "elevenlabs"])
+            if i % 10 == 0:
+                await a.record_success("cartesia")
+            slowest = max(slowest, time.monotonic() - started)
+            i += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(hammer())
+    try:
+        await asyncio.sleep(0.1)
+        server.kill()
+        await eventually(lambda: not a.connected)
+        assert await a.mark_down("elevenlabs", reason=FailureReason.ERROR, cooldown=30)
+        await asyncio.sleep(0.1)
+        server.start()
+        await eventually(lambda: a.connected, what="a to reconnect")
+        await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await task
+
+    assert slowest < PROMPT
+    await eventually(lambda: is_down(b, "elevenlabs"), what="the mark-down made in the outage")
+
+
+async def test_a_slow_redis_does_not_slow_callers(server, stores):
+    a, b = stores(server.url), stores(server.url)
+    assert await a.connect() and await b.connect()
+
+    sleeper = server.sleep(0.5)
+    try:
+        downed, took = await timed(
+            a.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+        )
+        assert downed is True and took < PROMPT
+        _, took = await timed(a.record_failure("cartesia", FailureReason.STALLED))
+        assert took < PROMPT
+        assert await is_down(a, "cartesia")
+    finally:
+        await asyncio.to_thread(sleeper.wait, 5)
+
+    await eventually(lambda: is_down(b, "cartesia"), what="the mark-down to reach b")
+    assert not await b.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+
+
+async def test_changes_made_in_an_outage_are_written_back_in_order(server, stores):
+    a = stores(server.url)
+    assert await a.connect()
+    await a.record_failure("elevenlabs", FailureReason.ERROR)
+    await a.mark_down("playht", reason=FailureReason.ERROR, cooldown=30)
+
+    # Asleep, Redis keeps its data: the write-back lands on top of it.
+    sleeper = server.sleep(1.0)
+    try:
+        # cartesia: down, back up, then two fresh failures.
+        assert await a.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+        assert not a.connected
+        assert await a.mark_up("cartesia")
+        await a.record_failure("cartesia", FailureReason.ERROR)
+        await a.record_failure("cartesia", FailureReason.ERROR)
+        # elevenlabs: its failure count reset, then one more failure.
+        await a.record_success("elevenlabs")
+        assert await a.record_failure("elevenlabs", FailureReason.ERROR) == 1
+        # playht: brought back up while Redis was away.
+        assert await a.mark_up("playht")
+        assert sleeper.poll() is None, "Redis woke up before the test was done"
+    finally:
+        await asyncio.to_thread(sleeper.wait, 5)
+
+    await eventually(lambda: a.connected, what="a to reconnect")
+    b = stores(server.url)
+    assert await b.connect()
+    health = await b.get(["cartesia", "elevenlabs", "playht"])
+    assert (health["cartesia"].down_until, health["cartesia"].failures) == (None, 2)
+    assert health["elevenlabs"].failures == 1
+    assert health["playht"].down_until is None
+
+
+async def test_a_mark_up_owed_from_an_outage_keeps_a_later_mark_down(shared_server):
+    # The write-back of a mark-up made at t=100 must not clear a mark-down made at
+    # t=200 by a worker that could still reach Redis; a live mark-up (no time) does.
+    keys = Keys("guard")
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+    mark_down = raw.register_script(script_source("mark_down"))
+    mark_up = raw.register_script(script_source("mark_up"))
+    record = [keys.provider("cartesia"), keys.index]
+
+    def args(*rest):
+        return [keys.channel, "cartesia", *rest]
+
+    assert (await mark_down(keys=record, args=args(200, 500, "error", 200)))[0] == 1
+    assert (await mark_up(keys=record, args=args(250, 100)))[0] == 0
+    assert await raw.hget(keys.provider("cartesia"), "down_until") == "500"
+    assert (await mark_up(keys=record, args=args(250, "")))[0] == 1
+    assert await raw.hget(keys.provider("cartesia"), "down_until") is None
+    await raw.aclose()
+
+
+async def test_an_outage_is_logged_once_and_the_recovery_once(server, stores):
+    store = stores(server.url)
+    assert await store.connect()
+
+    with captured_logs() as logs:
+        for outage in range(2):
+            server.kill()
+            for _ in range(30):
+                await store.record_failure("cartesia", FailureReason.ERROR)
+                await store.get(["cartesia"])
+            await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+            server.start()
+            await eventually(lambda: store.connected, what="the store to reconnect")
+
+    assert len(messages(logs, "WARNING", "unavailable")) == 2
+    assert len(messages(logs, "INFO", "reachable again")) == 2
+
+
+async def test_close_stops_the_background_task(shared_server, stores):
+    store = stores(shared_server.url)
+    assert await store.connect()
+    tasks = {t for t in asyncio.all_tasks() if "RedisHealthStore" in t.get_name()}
+    assert tasks
+
+    await store.close()
+    await store.close()
+
+    assert all(t.done() for t in tasks)
+    assert not store.connected
+
+
+# -- Redis Cluster and Sentinel --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with running(RedisCluster(tmp_path_factory.mktemp("cluster"))) as cluster:
+        yield cluster
+
+
+async def test_cluster_keeps_every_key_in_one_slot_and_propagates(cluster, stores):
+    a = stores(cluster.url, cluster=True, op_timeout=1.0, key_prefix="fleet")
+    b = stores(cluster.nodes[2].url, cluster=True, op_timeout=1.0, key_prefix="fleet")
+    assert await a.connect() and await b.connect()
+
+    assert await a.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+    await a.record_failure("elevenlabs", FailureReason.ERROR)
+    await eventually(lambda: is_down(b, "cartesia"))
+    assert not await b.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+
+    raw = aioredis.Redis.from_url(cluster.url)
+    keys = ["{fleet}:provider:cartesia", "{fleet}:providers", "{fleet}:epoch", "{fleet}:events"]
+    slots = {await raw.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}
+    assert len(slots) == 1
+    await raw.aclose()
+
+
+@pytest.fixture
+def sentinel(tmp_path):
+    with running(RedisSentinel(tmp_path / "sentinel")) as sentinel:
+        yield sentinel
+
+
+async def test_sentinel_finds_the_master_and_propagates(sentinel, stores):
+    a = stores(sentinels=sentinel.sentinels, service_name=sentinel.service_name, op_timeout=1.0)
+    b = stores(sentinel.master.url, op_timeout=1.0)
+    assert await a.connect() and await b.connect()
+
+    assert await a.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+    await eventually(lambda: is_down(b, "cartesia"))
+    assert "sentinel" in repr(a)
+
+
+@pytest.fixture
+def sentinel_with_replica(tmp_path):
+    with running(RedisSentinel(tmp_path / "sentinel", replicas=1)) as sentinel:
+        yield sentinel
+
+
+async def test_a_sentinel_failover_is_ridden_out_on_the_local_view(sentinel_with_replica, stores):
+    sentinel = sentinel_with_replica
+    store = stores(
+        sentinels=sentinel.sentinels, service_name=sentinel.service_name, key_prefix="failover"
+    )
+    assert await store.connect()
+    await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+    replica = sentinel.replicas[0]
+    await eventually(
+        lambda: b"down_until" in (replica.command("HKEYS", "{failover}:provider:cartesia") or b""),
+        what="the record to reach the replica",
+    )
+
+    with captured_logs() as logs:
+        sentinel.master.kill()
+        downed, took = await timed(
+            store.mark_down("elevenlabs", reason=FailureReason.STALLED, cooldown=30)
+        )
+        assert downed is True and took < PROMPT
+        await eventually(
+            lambda: sentinel.master_port() == replica.port, timeout=20, what="the failover"
+        )
+        await eventually(
+            lambda: store.connected, timeout=10, what="the store to follow the new master"
+        )
+
+    # The replica kept the old record; the mark-down made during the failover was written back.
+    promoted = stores(replica.url, key_prefix="failover")
+    assert await promoted.connect()
+    assert await is_down(promoted, "cartesia") and await is_down(promoted, "elevenlabs")
+    assert len(messages(logs, "WARNING", "lost its data")) == 0
+    assert len(messages(logs, "INFO", "reachable again")) == 1
