@@ -1,0 +1,259 @@
+"""Recovery to the primary: probes, backoff, single-flight, canaries, return to primary, operator controls."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from pipecat.frames.frames import TTSSpeakFrame
+
+from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
+from pipecat_tts_failover.events import ProbeFinished, ProviderUp
+from pipecat_tts_failover.recovery import Recovery, close_recovery, run_probe
+from pipecat_tts_failover.store.base import Controls
+from tests.support.pipeline import PipelineHarness
+from tests.support.scripted import ScriptedTTSService, decode_audio, plan
+
+SPEECH = np.full(320, 3000, dtype="<i2").tobytes()
+SILENCE = bytes(640)
+SENTENCES = ["Good morning caller.", "Your balance is ten dollars.", "Goodbye now."]
+VOCABULARY = [w for s in SENTENCES for w in s.split()]
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def of(self, kind):
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class ScriptedProbe:
+    """A probe that follows a list of outcomes, then keeps the last one."""
+
+    def __init__(self, *outcomes: str):
+        self.outcomes = list(outcomes)
+        self.calls = 0
+
+    async def __call__(self):
+        outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
+        self.calls += 1
+        if outcome == "hang":
+            await asyncio.Event().wait()
+        if outcome == "raise":
+            raise ConnectionError("refused")
+        if outcome == "zeros":
+            for _ in range(3):
+                yield SILENCE
+            return
+        if outcome == "speak":
+            yield SPEECH
+
+
+@pytest.fixture(autouse=True)
+async def _close_recovery():
+    yield
+    await close_recovery()
+
+
+@pytest.mark.parametrize(
+    "outcome, reason",
+    [
+        ("speak", None),
+        ("zeros", FailureReason.SILENT_AUDIO),
+        ("hang", FailureReason.NO_FIRST_AUDIO),
+        ("raise", FailureReason.ERROR),
+        ("empty", FailureReason.NO_AUDIO),
+    ],
+)
+async def test_probe_succeeds_only_with_audible_audio_in_time(outcome, reason):
+    verdict = await run_probe(ScriptedProbe(outcome), first_audio_timeout=0.2, silence_floor=16)
+    assert verdict.ok is (reason is None)
+    assert verdict.reason is reason
+
+
+async def test_failed_probes_back_off_then_recovery_marks_the_provider_up():
+    store = InMemoryHealthStore()
+    recorder = Recorder()
+    probe = ScriptedProbe("raise", "zeros", "speak")
+    recovery = Recovery(store, first_audio_timeout=0.1, backoff_base=0.05, jitter=0.0)
+    recovery.add({"primary": probe}, [recorder])
+    await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.2)
+    recovery.watch("primary")
+    recovery.watch("primary")  # single flight: one task per provider
+    assert recovery.watching == ["primary"]
+
+    async with asyncio.timeout(10):
+        while not recorder.of(ProviderUp):
+            await asyncio.sleep(0.01)
+    probes = recorder.of(ProbeFinished)
+    assert [(p.ok, p.reason) for p in probes] == [
+        (False, FailureReason.ERROR),
+        (False, FailureReason.SILENT_AUDIO),
+        (True, None),
+    ]
+    assert probe.calls == 3
+    assert (await store.get(["primary"]))["primary"].down_until is None
+    [up] = recorder.of(ProviderUp)
+    assert up.provider_id == "primary" and up.outage_seconds > 0
+
+
+async def test_a_failing_provider_stays_down_past_its_cooldown():
+    store = InMemoryHealthStore()
+    recovery = Recovery(store, first_audio_timeout=0.1, backoff_base=5.0, jitter=0.0)
+    recovery.add({"primary": ScriptedProbe("hang")})
+    await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.5)
+    recovery.watch("primary")
+    await asyncio.sleep(0.8)  # the cooldown alone would have ended by now
+    assert (await store.get(["primary"]))["primary"].down_until is not None
+
+
+async def test_two_workers_racing_to_probe_run_one_probe():
+    store = InMemoryHealthStore()
+    probe = ScriptedProbe("speak")
+    slow = asyncio.Event()
+
+    async def slow_probe():
+        probe.calls += 1
+        await slow.wait()
+        yield SPEECH
+
+    workers = [Recovery(store, first_audio_timeout=1.0) for _ in range(2)]
+    recorders = [Recorder(), Recorder()]
+    for worker, recorder in zip(workers, recorders):
+        worker.add({"primary": slow_probe}, [recorder])
+    await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.1)
+    for worker in workers:
+        worker.watch("primary")
+    async with asyncio.timeout(5):
+        while probe.calls == 0:
+            await asyncio.sleep(0.01)
+    slow.set()
+    async with asyncio.timeout(10):
+        while not any(r.of(ProviderUp) for r in recorders):
+            await asyncio.sleep(0.01)
+        while any(w.watching for w in workers):
+            await asyncio.sleep(0.01)
+    assert probe.calls == 1
+    assert sum(len(r.of(ProviderUp)) for r in recorders) == 1
+    for worker in workers:
+        await worker.aclose()
+
+
+def providers(primary_plan=None):
+    return {
+        "primary": ScriptedTTSService(provider_index=0, faults=primary_plan, name="primary"),
+        "backup": ScriptedTTSService(provider_index=1, name="backup"),
+    }
+
+
+async def speak(tts, sentences=SENTENCES):
+    async with PipelineHarness(tts) as h:
+        await h.send(*(TTSSpeakFrame(s) for s in sentences))
+    return h
+
+
+async def test_recovered_primary_takes_the_next_call_end_to_end():
+    store = InMemoryHealthStore()
+    recorder = Recorder()
+    probe = ScriptedProbe("zeros", "speak")
+    first = providers(plan(every="hang"))
+    tts = FailoverTTSService(
+        services=first,
+        store=store,
+        first_audio_timeout=0.2,
+        cooldown=1.3,
+        probes={"primary": probe},
+        probe_backoff=0.05,
+        alerters=[recorder],
+    )
+    await speak(tts, SENTENCES[:1])
+    # While down, a new call stays off the primary.
+    second = providers()
+    await speak(FailoverTTSService(services=second, store=store), SENTENCES[:1])
+    assert second["primary"].requests == []
+
+    async with asyncio.timeout(10):
+        while not recorder.of(ProviderUp):
+            await asyncio.sleep(0.01)
+    assert [p.ok for p in recorder.of(ProbeFinished)] == [False, True]
+    third = providers()
+    h = await speak(FailoverTTSService(services=third, store=store))
+    assert third["primary"].requests == SENTENCES
+    assert {i for _, i in decode_audio(h.audio, VOCABULARY)} == {0}
+
+
+async def test_return_to_primary_immediately_moves_a_call_in_progress_back():
+    store = InMemoryHealthStore()
+    services = providers(plan({0: "hang"}))
+    tts = FailoverTTSService(
+        services=services, store=store, first_audio_timeout=0.2, return_to_primary="immediately"
+    )
+    async with PipelineHarness(tts) as h:
+        await h.send(TTSSpeakFrame(SENTENCES[0]))
+        async with asyncio.timeout(5):
+            while (await store.get(["primary"]))["primary"].down_until is None:
+                await asyncio.sleep(0.01)
+        await h.send(TTSSpeakFrame(SENTENCES[1]))
+        await h.wait_for(lambda: len(services["backup"].requests) == 2)
+        await store.mark_up("primary")  # what recovery does when a probe speaks
+        await h.send(TTSSpeakFrame(SENTENCES[2]))
+    assert services["backup"].requests == SENTENCES[:2]
+    assert services["primary"].requests == [SENTENCES[0], SENTENCES[2]]
+    assert [w for w, _ in decode_audio(h.audio, VOCABULARY)] == VOCABULARY
+
+
+async def test_by_default_a_call_in_progress_stays_on_its_provider():
+    store = InMemoryHealthStore()
+    services = providers(plan({0: "hang"}))
+    tts = FailoverTTSService(services=services, store=store, first_audio_timeout=0.2)
+    async with PipelineHarness(tts) as h:
+        await h.send(TTSSpeakFrame(SENTENCES[0]))
+        await h.wait_for(lambda: len(services["backup"].requests) == 1)
+        await store.mark_up("primary")
+        await h.send(TTSSpeakFrame(SENTENCES[1]))
+    assert services["primary"].requests == SENTENCES[:1]
+
+
+async def test_canary_call_that_speaks_marks_the_primary_up():
+    store = InMemoryHealthStore()
+    await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=60)
+    recorder = Recorder()
+    services = providers()
+    tts = FailoverTTSService(services=services, store=store, canary_fraction=1.0, alerters=[recorder])
+    await speak(tts, SENTENCES[:1])
+    assert services["primary"].requests == SENTENCES[:1]
+    assert (await store.get(["primary"]))["primary"].down_until is None
+    assert [e.provider_id for e in recorder.of(ProviderUp)] == ["primary"]
+
+
+async def test_pin_forces_new_calls_onto_one_provider():
+    store = InMemoryHealthStore()
+    await store.set_controls(Controls(pinned="backup"))
+    services = providers()
+    tts = FailoverTTSService(services=services, store=store)
+    await speak(tts, SENTENCES[:1])
+    assert services["primary"].requests == [] and services["backup"].requests == SENTENCES[:1]
+
+
+async def test_kill_switch_disables_failover():
+    store = InMemoryHealthStore()
+    await store.set_controls(Controls(failover_enabled=False))
+    services = providers(plan({0: "hang"}))
+    tts = FailoverTTSService(services=services, store=store, first_audio_timeout=0.2)
+    h = await speak(tts, SENTENCES[:2])
+    assert services["backup"].requests == []
+    assert services["primary"].requests == SENTENCES[:2]
+    assert [w for w, _ in decode_audio(h.audio, VOCABULARY)] == SENTENCES[1].split()
+    assert (await store.get(["primary"]))["primary"].down_until is None
+
+
+def test_recovery_configuration_errors():
+    with pytest.raises(ValueError, match="unknown providers"):
+        FailoverTTSService(services=providers(), probes={"nobody": ScriptedProbe("speak")})
+    with pytest.raises(ValueError, match="return_to_primary"):
+        FailoverTTSService(services=providers(), return_to_primary="sometimes")
+    with pytest.raises(ValueError, match="canary_fraction"):
+        FailoverTTSService(services=providers(), canary_fraction=1.5)
