@@ -45,6 +45,7 @@ class AttemptResult:
         spoken_words: Words whose audio reached the caller, in order.
         audible: Whether any audible audio reached the caller.
         first_audio_at: Event-loop time the first audible audio reached the caller.
+        lost: The attempt was dropped because another one (a hedge) spoke first.
     """
 
     reason: FailureReason | None = None
@@ -52,11 +53,12 @@ class AttemptResult:
     spoken_words: list[str] = field(default_factory=list)
     audible: bool = False
     first_audio_at: float | None = None
+    lost: bool = False
 
     @property
     def ok(self) -> bool:
         """Whether the sentence was spoken in full."""
-        return self.reason is None
+        return self.reason is None and not self.lost
 
 
 class Attempt:
@@ -82,11 +84,13 @@ class Attempt:
         forward: Called with each frame the caller should get.
     """
 
-    def __init__(self, deadlines: Deadlines, forward: Forward):
+    def __init__(self, provider_id: str, deadlines: Deadlines, forward: Forward):
+        self.provider_id = provider_id
         self._deadlines = deadlines
         self._forward = forward
         self._loop = asyncio.get_running_loop()
-        self._done: asyncio.Future[AttemptResult] = self._loop.create_future()
+        self.done: asyncio.Future[AttemptResult] = self._loop.create_future()
+        self.started_at = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._last_audio_at: float | None = None
         self._held: list[Frame] = []
@@ -96,22 +100,39 @@ class Attempt:
     @property
     def finished(self) -> bool:
         """Whether the verdict is in."""
-        return self._done.done()
+        return self.done.done()
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether any audio (audible or not) has arrived."""
+        return self._last_audio_at is not None
+
+    @property
+    def first_audio_latency(self) -> float | None:
+        """Seconds from the request to the first audible audio, once there was some."""
+        at = self.result.first_audio_at
+        return None if at is None else at - self.started_at
+
+    def start(self):
+        """Start the first-audio deadline (call once the request is sent)."""
+        self.started_at = self._loop.time()
+        self._timer = self._loop.call_at(
+            self.started_at + self._deadlines.first_audio, self._on_timer
+        )
 
     async def wait(self) -> AttemptResult:
-        """Wait for the verdict: the sentence spoken in full, or why not."""
-        self._timer = self._loop.call_at(
-            self._loop.time() + self._deadlines.first_audio, self._on_timer
-        )
-        try:
-            return await self._done
-        finally:
-            if self._timer is not None:
-                self._timer.cancel()
+        """Start the deadline and wait for the verdict."""
+        self.start()
+        return await self.done
+
+    def lose(self):
+        """Drop the attempt: another one spoke first."""
+        self.result.lost = True
+        self._finish()
 
     async def on_frame(self, frame: Frame):
         """Take one frame the provider's service pushed for this sentence."""
-        if self._done.done():
+        if self.done.done():
             return
         if isinstance(frame, TTSAudioRawFrame):
             first = self._last_audio_at is None
@@ -154,9 +175,14 @@ class Attempt:
             self._timer = self._loop.call_at(stall_at, self._on_timer)
 
     def _succeed(self):
-        if not self._done.done():
-            self._held.clear()
-            self._done.set_result(self.result)
+        self._held.clear()
+        self._finish()
+
+    def _finish(self):
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.done.done():
+            self.done.set_result(self.result)
 
     async def _on_audio(self, frame: TTSAudioRawFrame):
         """Forward or hold an audio chunk; fail once silence has gone on too long."""
@@ -202,10 +228,10 @@ class Attempt:
         self._fail(reason, frame.error)
 
     def _fail(self, reason: FailureReason, error: str | None = None):
-        if not self._done.done():
+        if not self.done.done():
             self.result.reason = reason
             self.result.error = error
-            self._done.set_result(self.result)
+            self._finish()
 
 
 _PUNCTUATION = re.compile(r"[^\w']+", re.UNICODE)

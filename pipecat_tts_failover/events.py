@@ -96,7 +96,22 @@ class ProbeFinished:
     seconds: float
 
 
-FailoverEvent = SentenceAttempted | FailedOver | ProviderDown | ProviderUp | ProbeFinished
+@dataclass(frozen=True, slots=True)
+class ProviderSlow:
+    """A provider's first-audio latency tail passed the slow threshold (reported once per episode).
+
+    Parameters:
+        provider_id: The provider.
+        p95_seconds: Its p95 first-audio latency.
+    """
+
+    provider_id: str
+    p95_seconds: float
+
+
+FailoverEvent = (
+    SentenceAttempted | FailedOver | ProviderDown | ProviderUp | ProbeFinished | ProviderSlow
+)
 
 
 @runtime_checkable

@@ -1,6 +1,7 @@
 """FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -39,7 +40,7 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.text.base_text_aggregator import TextType
 from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
-from pipecat_tts_failover.attempt import Attempt, Deadlines, unspoken_text
+from pipecat_tts_failover.attempt import Deadlines
 from pipecat_tts_failover.config import (
     DEFAULT_COOLDOWN,
     DEFAULT_FIRST_AUDIO_TIMEOUT,
@@ -56,13 +57,22 @@ from pipecat_tts_failover.events import (
     FailoverEvent,
     FailoverListener,
     ProviderDown,
+    ProviderSlow,
     ProviderUp,
     SentenceAttempted,
+)
+from pipecat_tts_failover.latency import (
+    AdaptiveTimeout,
+    HedgeBudget,
+    ProviderStats,
+    parse_quantile,
+    stats_for,
 )
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
+from pipecat_tts_failover.sentence import SentenceReport, SentenceRun
 from pipecat_tts_failover.store.base import Controls, HealthStore
 from pipecat_tts_failover.store.memory import default_store
 from pipecat_tts_failover.store.writer import StoreWriter
@@ -108,6 +118,7 @@ class FailoverTTSService(BasePipeline):
     - on_failover: A sentence moved to another provider.
     - on_sentence_failed: A provider failed a sentence.
     - on_all_providers_failed: Every provider failed a sentence.
+    - on_provider_slow: A provider's first-audio latency tail passed ``slow_threshold``.
 
     Example::
 
@@ -124,13 +135,17 @@ class FailoverTTSService(BasePipeline):
         @tts.event_handler("on_all_providers_failed")
         async def on_all_providers_failed(processor, text: str):
             ...
+
+        @tts.event_handler("on_provider_slow")
+        async def on_provider_slow(processor, provider_id: str, p95: float):
+            ...
     """
 
     def __init__(
         self,
         *,
         services: Mapping[str, TTSService] | Sequence[TTSService],
-        first_audio_timeout: float = DEFAULT_FIRST_AUDIO_TIMEOUT,
+        first_audio_timeout: float | str = DEFAULT_FIRST_AUDIO_TIMEOUT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         failure_threshold: int = 1,
         cooldown: float = DEFAULT_COOLDOWN,
@@ -143,6 +158,11 @@ class FailoverTTSService(BasePipeline):
         probe_backoff_max: float = 300.0,
         return_to_primary: str = "next_call",
         canary_fraction: float = 0.0,
+        adaptive_timeout: AdaptiveTimeout | None = None,
+        hedge_after: float | str | None = None,
+        hedge_budget: float = 0.05,
+        slow_threshold: float | None = None,
+        prefer_faster: bool = False,
         name: str | None = None,
     ):
         """Initialize the failover service.
@@ -153,7 +173,9 @@ class FailoverTTSService(BasePipeline):
                 service classes: ``CartesiaTTSService`` gives ``"cartesia"``).
                 At least two. Ids are normalized (case, spaces, ``-``/``_``).
             first_audio_timeout: Seconds from sending a sentence to its first
-                audio byte before the provider has failed it.
+                audio byte before the provider has failed it, or ``"adaptive"``:
+                each provider's deadline then follows its observed latency tail
+                (see ``adaptive_timeout``).
             stall_timeout: Seconds the audio of a sentence may stop before its
                 end (and the most digital silence in a row, in seconds of audio)
                 before the provider has failed it.
@@ -183,6 +205,22 @@ class FailoverTTSService(BasePipeline):
             canary_fraction: Fraction (0..1) of new calls that start on a
                 preferred provider marked down anyway, as canaries: one that
                 speaks marks it healthy.
+            adaptive_timeout: How the adaptive deadline is drawn from the
+                latency tail (quantile, multiplier, floor, ceiling, samples
+                needed, fallback). Default ``AdaptiveTimeout()``.
+            hedge_after: When the provider has sent no audio this long into a
+                sentence, start the same sentence on the next provider in
+                parallel and play whichever turns audible first. Seconds, a
+                quantile of the provider's observed first-audio latency such
+                as ``"p95"``, or None (no hedging).
+            hedge_budget: Most hedged sentences per sentence of a provider,
+                over its last 100 sentences, so a uniformly slow provider does
+                not double the traffic.
+            slow_threshold: A provider whose p95 first-audio latency passes
+                this many seconds is reported slow (``on_provider_slow``, a
+                metric, one log line). It is not marked down for it.
+            prefer_faster: Start new calls on a faster provider while the
+                preferred one is reported slow.
             name: Name of this processor in logs.
 
         Raises:
@@ -194,11 +232,38 @@ class FailoverTTSService(BasePipeline):
         """
         super().__init__(name=name)
         resolved = resolve_services(services)
+        if first_audio_timeout == "adaptive":
+            self._adaptive: AdaptiveTimeout | None = adaptive_timeout or AdaptiveTimeout()
+            fixed_first_audio = self._adaptive.fallback
+        elif isinstance(first_audio_timeout, str):
+            raise ValueError(
+                f'first_audio_timeout must be seconds or "adaptive", got {first_audio_timeout!r}'
+            )
+        else:
+            self._adaptive = None
+            fixed_first_audio = positive_seconds("first_audio_timeout", first_audio_timeout)
+        if adaptive_timeout is not None and not isinstance(adaptive_timeout, AdaptiveTimeout):
+            raise TypeError(
+                f"adaptive_timeout must be an AdaptiveTimeout, not {type(adaptive_timeout).__name__}"
+            )
         self._deadlines = Deadlines(
-            first_audio=positive_seconds("first_audio_timeout", first_audio_timeout),
+            first_audio=fixed_first_audio,
             stall=positive_seconds("stall_timeout", stall_timeout),
             silence_floor=non_negative("silence_floor", silence_floor),
         )
+        self._hedge_seconds: float | None = None
+        self._hedge_quantile: float | None = None
+        if isinstance(hedge_after, str):
+            self._hedge_quantile = parse_quantile(hedge_after)
+        elif hedge_after is not None:
+            self._hedge_seconds = positive_seconds("hedge_after", hedge_after)
+        if not 0.0 <= non_negative("hedge_budget", hedge_budget) <= 1.0:
+            raise ValueError(f"hedge_budget must be between 0 and 1, got {hedge_budget!r}")
+        self._hedge_budget = float(hedge_budget)
+        self._slow_threshold = (
+            None if slow_threshold is None else positive_seconds("slow_threshold", slow_threshold)
+        )
+        self._prefer_faster = bool(prefer_faster)
         self._failure_threshold = positive_int("failure_threshold", failure_threshold)
         self._cooldown = positive_seconds("cooldown", cooldown)
         if store is not None and not isinstance(store, HealthStore):
@@ -221,6 +286,7 @@ class FailoverTTSService(BasePipeline):
         self._probe_backoff_max = positive_seconds("probe_backoff_max", probe_backoff_max)
         self._recovery: Recovery | None = None
         self._store_down: set[str] = set()
+        self._latency_samples: dict[str, list[float]] = {}
         listeners = [*alerters, *([metrics] if metrics is not None else [])]
         for listener in listeners:
             if not isinstance(listener, FailoverListener):
@@ -238,13 +304,14 @@ class FailoverTTSService(BasePipeline):
         self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
         self._turn: _Turn | None = None
         self._llm_turn: _Turn | None = None
-        self._open_link: ProviderLink | None = None
+        self._run: SentenceRun | None = None
         self._out_sample_rate = 0
         self._last_pts = 0
 
         self._register_event_handler("on_failover")
         self._register_event_handler("on_sentence_failed")
         self._register_event_handler("on_all_providers_failed")
+        self._register_event_handler("on_provider_slow")
 
     #
     # Public properties
@@ -404,9 +471,10 @@ class FailoverTTSService(BasePipeline):
 
     async def _interrupt(self, frame: InterruptionFrame):
         """Drop the sentence being spoken and whatever text was waiting."""
-        link, self._open_link = self._open_link, None
-        if link is not None:
-            await link.abandon()
+        run, self._run = self._run, None
+        if run is not None:
+            for link in run.open_links:
+                await link.abandon()
         await self._text_aggregator.handle_interruption()
         self._turn = self._llm_turn = None
 
@@ -470,42 +538,88 @@ class FailoverTTSService(BasePipeline):
         assert turn is not None
         announcement = await self._announce(text, text_type, turn)
 
-        failures: list[tuple[str, FailureReason]] = []
-        errors: dict[str, str | None] = {}
-        hops: list[tuple[str, str, FailureReason]] = []
-        spoken_by: str | None = None
-        remaining = text
-        started = asyncio.get_running_loop().time()
-        first_audio_at: float | None = None
         if self._return_immediately:
             await self._return_if_recovered()
         unusable = [pid for pid, link in self._links.items() if not link.is_usable]
-        for pid in self._policy.order_for_sentence(unusable):
-            if failures:
-                from_id, reason = failures[-1]
-                logger.warning(f"{self}: {from_id} failed a sentence ({reason}); moving to {pid}")
-                hops.append((from_id, pid, reason))
-                await self._call_event_handler("on_failover", from_id, pid, reason)
-            result = await self._attempt(self._links[pid], remaining, turn, announcement)
-            self._notify(SentenceAttempted(pid, result.reason))
-            if result.ok:
-                spoken_by = pid
-                first_audio_at = result.first_audio_at
-                break
-            logger.debug(f"{self}: {pid} failed [{remaining}]: {result.reason} {result.error or ''}")
-            failures.append((pid, result.reason))
-            errors.setdefault(pid, result.error)
-            await self._call_event_handler("on_sentence_failed", pid, result.reason)
-            remaining = unspoken_text(remaining, result.spoken_words) or remaining
+        order = self._policy.order_for_sentence(unusable)
+        resample = self._resampler_for()
+        run = SentenceRun(
+            links=self._links,
+            order=order,
+            text=text,
+            deadlines=self._deadlines_for,
+            forward=lambda frame: self._forward(frame, turn, announcement, resample),
+            append_to_context=turn.append_to_context,
+            hedge_after=self._hedge_delay(order[0]) if order else None,
+            hedge_allowed=self._hedge_allowed,
+            on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
+            on_failed=lambda p, r: self._call_event_handler("on_sentence_failed", p, r),
+            name=str(self),
+        )
+        self._run = run
+        report = await run.run()
+        self._run = None
 
-        for from_id, to_id, reason in hops:
-            gap = first_audio_at - started if first_audio_at and to_id == spoken_by else None
+        for pid, result in report.attempts:
+            self._notify(SentenceAttempted(pid, result.reason))
+        for from_id, to_id, reason in report.hops:
+            gap = report.first_audio_delay if to_id == report.spoken_by else None
             self._notify(FailedOver(from_id, to_id, reason, gap))
-        self._settle(failures, errors, spoken_by)
-        if spoken_by is None:
-            await self._all_failed(text, failures, unusable)
+        await self._learn_speed(order, report)
+        self._settle(report.failures, report.errors, report.spoken_by)
+        if report.spoken_by is None:
+            await self._all_failed(text, report.failures, unusable)
         if standalone:
             await self._end_turn()
+
+    def _deadlines_for(self, provider_id: str) -> Deadlines:
+        """A provider's deadlines: fixed, or drawn from its latency tail."""
+        if self._adaptive is None:
+            return self._deadlines
+        window = self._stats(provider_id).latency
+        return dataclasses.replace(self._deadlines, first_audio=self._adaptive.deadline(window))
+
+    def _hedge_delay(self, provider_id: str) -> float | None:
+        if self._hedge_quantile is None:
+            return self._hedge_seconds
+        window = self._stats(provider_id).latency
+        if len(window) < (self._adaptive or AdaptiveTimeout()).min_samples:
+            return None
+        return window.quantile(self._hedge_quantile)
+
+    def _hedge_allowed(self, provider_id: str) -> bool:
+        budget = self._stats(provider_id).hedges
+        return budget is not None and budget.allows()
+
+    def _stats(self, provider_id: str) -> ProviderStats:
+        stats = stats_for(self._store)
+        entry = stats.get(provider_id)
+        if entry is None:
+            entry = stats[provider_id] = ProviderStats()
+        if entry.hedges is None and (self._hedge_seconds or self._hedge_quantile):
+            entry.hedges = HedgeBudget(self._hedge_budget)
+        return entry
+
+    async def _learn_speed(self, order: list[str], report: SentenceReport):
+        """Feed the sentence's latencies to the provider stats; report a provider gone slow."""
+        for pid, seconds in report.latencies:
+            self._stats(pid).latency.add(seconds)
+            self._latency_samples.setdefault(pid, []).append(seconds)
+        if order:
+            budget = self._stats(order[0]).hedges
+            if budget is not None:
+                budget.record(report.hedged_to is not None)
+        if self._slow_threshold is None:
+            return
+        for pid, _ in report.latencies:
+            stats = self._stats(pid)
+            p95 = stats.latency.quantile(0.95) if len(stats.latency) >= 20 else None
+            slow = p95 is not None and p95 > self._slow_threshold
+            if slow and not stats.reported_slow:
+                logger.warning(f"{self}: {pid} is slow: p95 first audio {p95:.3f}s")
+                self._notify(ProviderSlow(pid, p95))
+                await self._call_event_handler("on_provider_slow", pid, p95)
+            stats.reported_slow = slow
 
     async def _return_if_recovered(self):
         """Move the call back to a preferred provider that recovered (``return_to_primary="immediately"``)."""
@@ -517,24 +631,9 @@ class FailoverTTSService(BasePipeline):
         if moved := self._policy.refresh(health):
             logger.info(f"{self}: {moved[1]} recovered; call moves back from {moved[0]}")
 
-    async def _attempt(
-        self, link: ProviderLink, text: str, turn: _Turn, announcement: AggregatedTextFrame
-    ):
-        resample = self._resampler_for()
-        attempt = Attempt(
-            self._deadlines, lambda frame: self._forward(frame, turn, announcement, resample)
-        )
-        self._open_link = link
-        await link.speak(text, attempt, append_to_context=turn.append_to_context)
-        result = await attempt.wait()
-        self._open_link = None
-        if result.ok:
-            link.close_attempt()
-        else:
-            await link.abandon()
-        return result
-
-    async def _announce(self, text: str, text_type: TextType | str, turn: _Turn) -> AggregatedTextFrame:
+    async def _announce(
+        self, text: str, text_type: TextType | str, turn: _Turn
+    ) -> AggregatedTextFrame:
         """Tell downstream a sentence is about to be spoken, as pipecat's TTS services do."""
         frame = AggregatedTextFrame(text, text_type)
         frame.context_id = turn.context_id
@@ -557,7 +656,9 @@ class FailoverTTSService(BasePipeline):
 
         return resample
 
-    async def _forward(self, frame: Frame, turn: _Turn, announcement: AggregatedTextFrame, resample):
+    async def _forward(
+        self, frame: Frame, turn: _Turn, announcement: AggregatedTextFrame, resample
+    ):
         """Push what the caller hears, as one stream: one context, one started frame."""
         if not turn.started:
             turn.started = True
@@ -584,7 +685,9 @@ class FailoverTTSService(BasePipeline):
         """Apply the policy's decision and queue the store writes it calls for."""
         outcome = self._policy.sentence_done(failures, spoken_by)
         for pid, reason in failures:
-            self._writer.submit(lambda pid=pid, reason=reason: self._store.record_failure(pid, reason))
+            self._writer.submit(
+                lambda pid=pid, reason=reason: self._store.record_failure(pid, reason)
+            )
         if spoken_by is not None:
             self._writer.submit(lambda: self._store.record_success(spoken_by))
             if spoken_by in self._store_down:
