@@ -442,6 +442,8 @@ class FailoverTTSService(BasePipeline):
             self._recovery.add(self._probes, self._listeners)
             for pid in down:
                 self._recovery.watch(pid)
+        if self._prefer_faster and not controls.pinned:
+            self._prefer_faster_provider()
         if self._policy.down:
             logger.info(
                 f"{self}: call starts on {self._policy.call_provider}; "
@@ -449,6 +451,18 @@ class FailoverTTSService(BasePipeline):
             )
         for link in self._links.values():
             await link.send_lifecycle(frame, timeout=None)
+
+    def _prefer_faster_provider(self):
+        """Start the call on a faster provider while its own is reported slow."""
+        current = self._policy.call_provider
+        if not self._stats(current).reported_slow:
+            return
+        for pid in self.provider_ids:
+            if pid not in self._policy.down and not self._stats(pid).reported_slow:
+                if pid != current:
+                    logger.info(f"{self}: {current} is slow; call starts on {pid}")
+                    self._policy.call_provider = pid
+                return
 
     async def _read_controls(self) -> Controls:
         try:
@@ -605,6 +619,13 @@ class FailoverTTSService(BasePipeline):
         for pid, seconds in report.latencies:
             self._stats(pid).latency.add(seconds)
             self._latency_samples.setdefault(pid, []).append(seconds)
+        if self._adaptive is not None:
+            # A provider that missed its deadline took at least that long: counting
+            # it raises the tail, so a provider that got slower for good is given
+            # a longer deadline within a few sentences instead of failing forever.
+            for pid, reason in report.failures:
+                if reason is FailureReason.NO_FIRST_AUDIO:
+                    self._stats(pid).latency.add(self._deadlines_for(pid).first_audio)
         if order:
             budget = self._stats(order[0]).hedges
             if budget is not None:

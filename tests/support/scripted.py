@@ -74,7 +74,7 @@ class ScriptedTTSService(TTSService):
         ms_per_word: Audio length of one word.
         chunk_ms: Audio length of one chunk.
         pace: Seconds to wait between chunks (0: as fast as possible).
-        ttfb: Seconds before the first chunk.
+        ttfb: Seconds before the first chunk, or a function of the request index.
         stall_after_words: For ``stall``: words spoken before the audio stops.
         **kwargs: Passed to ``TTSService`` (``sample_rate``, for one).
     """
@@ -89,7 +89,7 @@ class ScriptedTTSService(TTSService):
         ms_per_word: int = 60,
         chunk_ms: int = 20,
         pace: float = 0.0,
-        ttfb: float = 0.0,
+        ttfb: float | Callable[[int], float] = 0.0,
         stall_after_words: int = 2,
         **kwargs,
     ):
@@ -124,11 +124,14 @@ class ScriptedTTSService(TTSService):
         if fault == "auth":
             await self.push_error("invalid API key", category=ErrorCategory.AUTHENTICATION)
             return
+        ttfb = self.ttfb(index) if callable(self.ttfb) else self.ttfb
         if self.websocket:
-            self._tasks[context_id] = self.create_task(self._deliver(text, context_id, fault))
+            self._tasks[context_id] = self.create_task(
+                self._deliver(text, context_id, fault, ttfb)
+            )
             yield None
             return
-        async for frame in self._frames(text, context_id, fault):
+        async for frame in self._frames(text, context_id, fault, ttfb):
             if isinstance(frame, ErrorFrame):
                 await self.push_error(frame.error)
                 return
@@ -145,9 +148,9 @@ class ScriptedTTSService(TTSService):
             await self.cancel_task(task)
         self._tasks.clear()
 
-    async def _deliver(self, text: str, context_id: str, fault: str | None):
+    async def _deliver(self, text: str, context_id: str, fault: str | None, ttfb: float):
         try:
-            async for frame in self._frames(text, context_id, fault):
+            async for frame in self._frames(text, context_id, fault, ttfb):
                 if isinstance(frame, ErrorFrame):
                     await self.push_error(frame.error)
                     return
@@ -156,12 +159,12 @@ class ScriptedTTSService(TTSService):
         finally:
             self._tasks.pop(context_id, None)
 
-    async def _frames(self, text: str, context_id: str, fault: str | None):
+    async def _frames(self, text: str, context_id: str, fault: str | None, ttfb: float):
         """The frames a request produces; an ErrorFrame stands for a provider error message."""
         if fault == "hang":
             await asyncio.Event().wait()
-        if self.ttfb:
-            await asyncio.sleep(self.ttfb)
+        if ttfb:
+            await asyncio.sleep(ttfb)
         if fault == "empty":
             return
         words = text.split()
