@@ -58,7 +58,8 @@ class SentenceRun:
         links: Provider links by id.
         order: Providers to try, in order.
         text: The sentence.
-        deadlines: The deadlines of an attempt on a provider.
+        deadlines: The deadlines of an attempt on a provider; the flag says
+            whether it is the last provider left to try.
         forward: Pushes one frame the caller should hear.
         append_to_context: Carried on the text frames the services push.
         hedge_after: Seconds before hedging the first attempt, or None.
@@ -74,7 +75,7 @@ class SentenceRun:
         links: Mapping[str, ProviderLink],
         order: Sequence[str],
         text: str,
-        deadlines: Callable[[str], Deadlines],
+        deadlines: Callable[[str, bool], Deadlines],
         forward: Callable[[Frame], Awaitable[None]],
         append_to_context: bool,
         hedge_after: float | None,
@@ -158,7 +159,8 @@ class SentenceRun:
             if self._selected is attempt:
                 await self._forward(frame)
 
-        attempt = Attempt(provider_id, self._deadlines(provider_id), forward)
+        last = not self._pending and not self._running
+        attempt = Attempt(provider_id, self._deadlines(provider_id, last), forward)
         self._running[attempt] = link
         await link.speak(self._remaining, attempt, append_to_context=self._append_to_context)
         attempt.start()

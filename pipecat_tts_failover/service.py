@@ -586,12 +586,19 @@ class FailoverTTSService(BasePipeline):
         if standalone:
             await self._end_turn()
 
-    def _deadlines_for(self, provider_id: str) -> Deadlines:
-        """A provider's deadlines: fixed, or drawn from its latency tail."""
+    def _deadlines_for(self, provider_id: str, last: bool = False) -> Deadlines:
+        """A provider's deadlines: fixed, or drawn from its latency tail.
+
+        With adaptive deadlines, the last provider left to try gets the
+        ceiling: cutting it short would only lose the sentence.
+        """
         if self._adaptive is None:
             return self._deadlines
-        window = self._stats(provider_id).latency
-        return dataclasses.replace(self._deadlines, first_audio=self._adaptive.deadline(window))
+        if last:
+            first_audio = self._adaptive.ceiling
+        else:
+            first_audio = self._adaptive.deadline(self._stats(provider_id).latency)
+        return dataclasses.replace(self._deadlines, first_audio=first_audio)
 
     def _hedge_delay(self, provider_id: str) -> float | None:
         if self._hedge_quantile is None:

@@ -1,0 +1,172 @@
+"""The ``pipecat-tts-failover`` command line: one argparse subcommand per task.
+
+Subcommands:
+    emulate   run a local Cartesia or ElevenLabs emulator until Ctrl-C / SIGTERM
+
+Add a subcommand by writing an ``_add_<name>(subparsers)`` function that
+creates its parser and sets ``handler`` (``(argparse.Namespace) -> int``) with
+``set_defaults``, and listing it in ``_SUBCOMMANDS``.
+
+Example::
+
+    pipecat-tts-failover emulate cartesia --port 8123 --fault slow-ttfb:800
+    python -m pipecat_tts_failover.cli emulate elevenlabs --fault error%3
+"""
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from loguru import logger
+
+__all__ = ["build_parser", "main"]
+
+_PROVIDERS = ("cartesia", "elevenlabs")
+
+
+def _fault_argument(text: str):
+    """argparse type for ``--fault``: a parsed Fault, or a usage error naming the problem."""
+    from pipecat_tts_failover.testing.faults import Fault
+
+    try:
+        return Fault.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port_argument(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+def _speed_argument(text: str) -> float:
+    try:
+        speed = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"speed must be a number, got {text!r}") from None
+    if not speed > 0:
+        raise argparse.ArgumentTypeError(f"speed must be > 0, got {text}")
+    return speed
+
+
+def _add_emulate(subparsers: argparse._SubParsersAction):
+    parser = subparsers.add_parser(
+        "emulate",
+        help="run a local TTS provider emulator",
+        description=(
+            "Serve the provider's real WebSocket and HTTP API on 127.0.0.1 until Ctrl-C or "
+            "SIGTERM. Point a client at it by changing only its base URL."
+        ),
+        epilog=(
+            "Faults are KIND[:VALUE][@N|%K]: reject-401, reject-429, reject-503, error[:MS], "
+            "close-1011[:MS], hang, stall[:MS], zeros, empty, slow-ttfb[:MS], slow-drip[:X], "
+            "flap. @N applies to the N-th request only, %K to every K-th. "
+            "Example: --fault slow-ttfb:800, --fault error@3, --fault hang%2."
+        ),
+    )
+    parser.add_argument("provider", choices=_PROVIDERS, help="which provider to emulate")
+    parser.add_argument(
+        "--port", type=_port_argument, default=0, help="TCP port (default: 0, a free one)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    parser.add_argument(
+        "--fault", type=_fault_argument, default=None, help="a fault to inject (see below)"
+    )
+    parser.add_argument(
+        "--api-key", default="test-key", help="the API key clients must send (default: test-key)"
+    )
+    parser.add_argument(
+        "--speed",
+        type=_speed_argument,
+        default=1.0,
+        help="times faster than real time to stream audio (default: 1.0, real time)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", help="loguru level for the emulator's log (default: INFO)"
+    )
+    parser.set_defaults(handler=_run_emulate)
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_emulate,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``pipecat-tts-failover`` argument parser with every subcommand.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="pipecat-tts-failover",
+        description="Tools for pipecat-tts-failover: provider emulators and more.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        The exit status: 0 on success, 1 on a runtime failure, 2 on a usage error.
+    """
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+def _run_emulate(args: argparse.Namespace) -> int:
+    logger.remove()
+    logger.add(sys.stderr, level=args.log_level.upper())
+    try:
+        return asyncio.run(_emulate(args))
+    except KeyboardInterrupt:  # no signal handlers on this platform
+        return 0
+
+
+async def _emulate(args: argparse.Namespace) -> int:
+    from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
+
+    emulator_class = CartesiaEmulator if args.provider == "cartesia" else ElevenLabsEmulator
+    emulator = emulator_class(
+        host=args.host, port=args.port, api_key=args.api_key, fault=args.fault, speed=args.speed
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await emulator.start()
+    except OSError as e:
+        print(
+            f"pipecat-tts-failover: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr
+        )
+        return 1
+    try:
+        print(
+            f"{args.provider} emulator listening on {emulator.http_url} and {emulator.ws_url}"
+            f" (fault: {emulator.fault or 'none'})",
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await emulator.stop()
+    print(f"{args.provider} emulator stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

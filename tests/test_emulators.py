@@ -1,0 +1,787 @@
+"""The Cartesia and ElevenLabs emulators: wire conformance, faults, lifecycle, CLI."""
+
+import asyncio
+import base64
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Iterable
+
+import aiohttp
+import httpx
+import numpy as np
+import pytest
+from cartesia import AsyncCartesia
+from elevenlabs.client import AsyncElevenLabs
+from elevenlabs.core.api_error import ApiError
+from pipecat.frames.frames import TTSStoppedFrame
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from pipecat_tts_failover.testing import (
+    CartesiaEmulator,
+    ElevenLabsEmulator,
+    Fault,
+    FaultKind,
+    SynthesisRequest,
+)
+from tests.support.emulators import (
+    API_KEY,
+    SAMPLE_RATE,
+    cartesia_http,
+    cartesia_ws,
+    elevenlabs_http,
+    elevenlabs_ws,
+    expected_seconds,
+    free_port,
+    pcm16,
+    rms,
+    speak,
+)
+
+TEXT = "Hello world, this is a test."
+SHORT = "Quick check."
+RAW_16K = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE}
+VOICE = {"mode": "id", "id": "emulated-voice"}
+# How long to listen for something that must not arrive (hang, stall).
+QUIET_S = 0.3
+
+
+@pytest.fixture
+async def cartesia():
+    async with CartesiaEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+async def elevenlabs():
+    async with ElevenLabsEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def cartesia_message(text: str, context_id: str = "ctx-1", **extra) -> str:
+    message = {
+        "model_id": "sonic-3",
+        "voice": VOICE,
+        "output_format": RAW_16K,
+        "transcript": text,
+        "context_id": context_id,
+        "continue": False,
+        "add_timestamps": True,
+    }
+    return json.dumps(message | extra)
+
+
+async def cartesia_context(emu: CartesiaEmulator, text: str = SHORT, **extra) -> list[dict]:
+    """Speak one context over a raw WebSocket; every message until done or error."""
+    async with connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+        await ws.send(cartesia_message(text, **extra))
+        messages = []
+        async with asyncio.timeout(5):
+            while not messages or messages[-1]["type"] not in ("done", "error"):
+                messages.append(json.loads(await ws.recv()))
+        return messages
+
+
+def elevenlabs_ws_url(emu: ElevenLabsEmulator, output_format: str = "pcm_16000") -> str:
+    return (
+        f"{emu.ws_url}/v1/text-to-speech/emulated-voice/multi-stream-input"
+        f"?model_id=eleven_flash_v2_5&output_format={output_format}"
+    )
+
+
+async def elevenlabs_context(ws, text: str = SHORT, context_id: str = "ctx-1") -> None:
+    """Open a context, send text, and close it, as pipecat does."""
+    await ws.send(json.dumps({"text": " ", "context_id": context_id}))
+    await ws.send(json.dumps({"text": text, "context_id": context_id}))
+    await ws.send(json.dumps({"context_id": context_id, "flush": True}))
+    await ws.send(json.dumps({"context_id": context_id, "close_context": True}))
+
+
+async def elevenlabs_replies(ws) -> list[dict]:
+    """Messages until isFinal."""
+    messages = []
+    async with asyncio.timeout(5):
+        while not messages or not messages[-1].get("isFinal"):
+            messages.append(json.loads(await ws.recv()))
+    return messages
+
+
+async def cartesia_bytes(
+    session: aiohttp.ClientSession, emu: CartesiaEmulator, text: str = SHORT, **headers
+) -> aiohttp.ClientResponse:
+    return await session.post(
+        f"{emu.http_url}/tts/bytes",
+        json={"model_id": "sonic-3", "transcript": text, "voice": VOICE, "output_format": RAW_16K},
+        headers={"X-API-Key": API_KEY, "Cartesia-Version": "2026-03-01"} | headers,
+    )
+
+
+async def elevenlabs_stream(
+    session: aiohttp.ClientSession, emu: ElevenLabsEmulator, text: str = SHORT, **headers
+) -> aiohttp.ClientResponse:
+    return await session.post(
+        f"{emu.http_url}/v1/text-to-speech/emulated-voice/stream",
+        params={"output_format": "pcm_16000"},
+        json={"text": text, "model_id": "eleven_flash_v2_5"},
+        headers={"xi-api-key": API_KEY} | headers,
+    )
+
+
+async def status_of(response: Awaitable[aiohttp.ClientResponse]) -> int:
+    """The status of a response, read to the end so its connection is released."""
+    async with await response as r:
+        await r.read()
+        return r.status
+
+
+def audio_of(messages: Iterable[dict], key: str = "data") -> bytes:
+    return b"".join(base64.b64decode(m[key]) for m in messages if m.get(key))
+
+
+# -- the official SDKs ------------------------------------------------------
+
+
+async def test_cartesia_sdk_generate_returns_speech_as_long_as_the_text(cartesia):
+    client = AsyncCartesia(api_key=API_KEY, base_url=cartesia.http_url, max_retries=0)
+    async with client:
+        response = await client.tts.generate(
+            model_id="sonic-3", transcript=TEXT, voice=VOICE, output_format=RAW_16K
+        )
+        raw = await response.read()
+        wav_response = await client.tts.generate(
+            model_id="sonic-3",
+            transcript=TEXT,
+            voice=VOICE,
+            output_format={"container": "wav", "encoding": "pcm_s16le", "sample_rate": 24000},
+        )
+        wav = await wav_response.read()
+    assert len(raw) / 2 / SAMPLE_RATE == pytest.approx(expected_seconds(TEXT), abs=0.05)
+    assert rms(raw) > 0.02
+    assert wav[:4] == b"RIFF" and wav[8:16] == b"WAVEfmt "
+    assert int.from_bytes(wav[24:28], "little") == 24000
+    assert (
+        len(wav) - 44
+        == int.from_bytes(wav[40:44], "little")
+        == 2 * round(expected_seconds(TEXT) * 24000)
+    )
+
+
+async def test_cartesia_sdk_websocket_context_streams_chunks_timestamps_and_done(cartesia):
+    client = AsyncCartesia(
+        api_key=API_KEY,
+        base_url=cartesia.http_url,
+        websocket_base_url=cartesia.ws_url,
+        max_retries=0,
+    )
+    async with client, client.tts.websocket_connect() as connection:
+        context = connection.context(
+            model_id="sonic-3", voice=VOICE, output_format=RAW_16K, add_timestamps=True
+        )
+        await context.push("Hello there. ")
+        await context.push("Second part.")
+        await context.no_more_inputs()
+        events = [event async for event in context.receive()]
+    audio = b"".join(e.audio for e in events if e.type == "chunk")
+    words = [w for e in events if e.type == "timestamps" for w in e.word_timestamps.words]
+    starts = [s for e in events if e.type == "timestamps" for s in e.word_timestamps.start]
+    assert events[-1].type == "done"
+    assert words == ["Hello", "there.", "Second", "part."]
+    assert starts == sorted(starts) and starts[-1] < len(audio) / 2 / SAMPLE_RATE
+    assert len(audio) / 2 / SAMPLE_RATE == pytest.approx(
+        expected_seconds("Hello there. Second part."), abs=0.05
+    )
+    assert rms(audio) > 0.02
+    assert [r.text for r in cartesia.requests] == ["Hello there. Second part."]
+
+
+async def test_cartesia_sdk_sse_streams_chunks_and_timestamps(cartesia):
+    client = AsyncCartesia(api_key=API_KEY, base_url=cartesia.http_url, max_retries=0)
+    async with client:
+        stream = await client.tts.generate_sse(
+            model_id="sonic-3",
+            transcript=TEXT,
+            voice=VOICE,
+            output_format=RAW_16K,
+            add_timestamps=True,
+        )
+        events = [event async for event in stream]
+    audio = b"".join(e.audio for e in events if e.type == "chunk")
+    words = [w for e in events if e.type == "timestamps" for w in e.word_timestamps.words]
+    assert events[-1].type == "done"
+    assert words == TEXT.split()
+    assert rms(audio) > 0.02
+
+
+async def test_elevenlabs_sdk_stream_returns_pcm_speech(elevenlabs):
+    async with httpx.AsyncClient() as http:
+        client = AsyncElevenLabs(api_key=API_KEY, base_url=elevenlabs.http_url, httpx_client=http)
+        audio = b"".join(
+            [
+                chunk
+                async for chunk in client.text_to_speech.stream(
+                    "emulated-voice", text=TEXT, output_format="pcm_22050"
+                )
+            ]
+        )
+    assert len(audio) / 2 / 22050 == pytest.approx(expected_seconds(TEXT), abs=0.05)
+    assert rms(audio) > 0.02
+    assert elevenlabs.requests[0].sample_rate == 22050
+
+
+async def test_elevenlabs_sdk_stream_with_timestamps_aligns_every_character(elevenlabs):
+    async with httpx.AsyncClient() as http:
+        client = AsyncElevenLabs(api_key=API_KEY, base_url=elevenlabs.http_url, httpx_client=http)
+        chunks = [
+            chunk
+            async for chunk in client.text_to_speech.stream_with_timestamps(
+                "emulated-voice", text=TEXT, output_format="pcm_44100"
+            )
+        ]
+    audio = b"".join(base64.b64decode(c.audio_base_64) for c in chunks)
+    aligned = [c.alignment for c in chunks if c.alignment]
+    characters = "".join(ch for a in aligned for ch in a.characters)
+    starts = [t for a in aligned for t in a.character_start_times_seconds]
+    ends = [t for a in aligned for t in a.character_end_times_seconds]
+    assert characters == TEXT
+    assert starts == sorted(starts) and all(e > s for s, e in zip(starts, ends))
+    assert ends[-1] == pytest.approx(len(audio) / 2 / 44100, abs=0.01)
+    assert rms(audio) > 0.02
+
+
+async def test_elevenlabs_sdk_sees_the_real_401_shape_for_a_wrong_key(elevenlabs):
+    async with httpx.AsyncClient() as http:
+        client = AsyncElevenLabs(api_key="wrong", base_url=elevenlabs.http_url, httpx_client=http)
+        with pytest.raises(ApiError) as raised:
+            async for _ in client.text_to_speech.stream(
+                "emulated-voice", text=SHORT, output_format="pcm_16000"
+            ):
+                pass
+    assert raised.value.status_code == 401
+    assert raised.value.body["detail"]["status"] == "invalid_api_key"
+
+
+# -- pipecat's services in a real pipeline ----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["cartesia_ws", "elevenlabs_ws", "elevenlabs_http"])
+async def test_pipecat_services_with_timestamps_speak_every_word_through_the_emulator(
+    kind, session
+):
+    emulator_class = CartesiaEmulator if kind.startswith("cartesia") else ElevenLabsEmulator
+    async with emulator_class() as emu:
+        if kind == "cartesia_ws":
+            service = cartesia_ws(emu)
+        elif kind == "elevenlabs_ws":
+            service = elevenlabs_ws(emu)
+        else:
+            service = elevenlabs_http(emu, session)
+        spoken = await speak(service, TEXT, SHORT)
+
+    assert spoken.errors == []
+    assert spoken.words == TEXT.split() + SHORT.split()
+    assert spoken.started_and_stopped
+    assert {f.sample_rate for f in spoken.audio_frames} == {SAMPLE_RATE}
+    assert spoken.seconds == pytest.approx(expected_seconds(TEXT + SHORT), abs=0.15)
+    assert rms(spoken.audio) > 0.02
+    assert [r.text.strip() for r in emu.requests] == [TEXT, SHORT]
+
+
+async def test_pipecat_cartesia_http_service_speaks_through_the_emulator(cartesia):
+    spoken = await speak(cartesia_http(cartesia), TEXT)
+
+    assert spoken.errors == []
+    assert spoken.words == [TEXT]  # no timestamps over HTTP: pipecat sends the sentence
+    assert spoken.started_and_stopped
+    assert {f.sample_rate for f in spoken.audio_frames} == {SAMPLE_RATE}
+    assert spoken.seconds == pytest.approx(expected_seconds(TEXT), abs=0.05)
+    assert rms(spoken.audio) > 0.02
+    assert cartesia.requests[0].path == "/tts/bytes"
+
+
+async def test_pipecat_cartesia_ws_reports_an_in_band_error_as_an_error_frame():
+    async with CartesiaEmulator(fault="error") as emu:
+        spoken = await speak(cartesia_ws(emu), TEXT)
+    assert any("Speech generation failed" in e.error for e in spoken.errors)
+    assert spoken.count(TTSStoppedFrame) == 1
+
+
+async def test_pipecat_ws_services_hear_nothing_from_a_hung_provider():
+    async with CartesiaEmulator(fault="hang") as emu:
+        spoken = await speak(cartesia_ws(emu), SHORT)
+    assert spoken.audio == b""
+    assert any("completed with no audio" in e.error for e in spoken.errors)
+
+
+async def test_pipecat_elevenlabs_ws_reports_no_error_frame_when_the_socket_closes_mid_sentence():
+    # A pipecat quirk the failover must cover itself: the sentence is cut short
+    # and pipecat only logs a reconnect.
+    async with ElevenLabsEmulator(fault="close-1011:80") as emu:
+        spoken = await speak(elevenlabs_ws(emu), TEXT)
+    assert 0 < spoken.seconds < expected_seconds(TEXT) / 2
+    assert spoken.errors == []
+    assert spoken.count(TTSStoppedFrame) == 0
+
+
+async def test_pipecat_services_get_an_error_frame_for_a_rejected_key(session):
+    async with ElevenLabsEmulator(api_key="another-key") as emu:
+        ws_spoken = await speak(elevenlabs_ws(emu), SHORT)
+        http_spoken = await speak(elevenlabs_http(emu, session), SHORT)
+    assert any("HTTP 401" in e.error for e in ws_spoken.errors)
+    assert any("invalid_api_key" in e.error for e in http_spoken.errors)
+    assert ws_spoken.audio == http_spoken.audio == b""
+
+
+# -- the wire protocols -----------------------------------------------------
+
+
+async def test_cartesia_websocket_accepts_the_key_as_a_query_parameter(cartesia):
+    url = f"{cartesia.websocket_url}?api_key={API_KEY}&cartesia_version=2026-03-01"
+    async with connect(url) as ws:
+        await ws.send(cartesia_message(SHORT))
+        first = json.loads(await ws.recv())
+    assert first["type"] == "chunk" and first["context_id"] == "ctx-1"
+    assert first["status_code"] == 206 and first["done"] is False
+
+
+async def test_cartesia_cancel_stops_a_context_and_others_go_on(cartesia):
+    # The cancelled context is shorter than the kept one: had it gone on, its
+    # done would arrive first.
+    async with connect(cartesia.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+        await ws.send(cartesia_message(SHORT, "doomed"))
+        first = json.loads(await ws.recv())
+        await ws.send(json.dumps({"context_id": "doomed", "cancel": True}))
+        await ws.send(cartesia_message(TEXT, "kept"))
+        messages = []
+        async with asyncio.timeout(5):
+            while not messages or messages[-1]["type"] != "done":
+                messages.append(json.loads(await ws.recv()))
+    doomed = [m for m in messages if m["context_id"] == "doomed"]
+    assert first["context_id"] == "doomed"
+    assert all(m["type"] != "done" for m in doomed)
+    assert messages[-1]["context_id"] == "kept"
+    assert len(audio_of(m for m in messages if m["context_id"] == "kept")) == 2 * round(
+        expected_seconds(TEXT) * SAMPLE_RATE
+    )
+
+
+async def test_cartesia_flush_answers_flush_done_between_transcripts(cartesia):
+    async with connect(cartesia.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+        await ws.send(cartesia_message("One. ", "c", **{"continue": True, "flush": True}))
+        await ws.send(cartesia_message("Two.", "c"))
+        messages = []
+        async with asyncio.timeout(5):
+            while not messages or messages[-1]["type"] != "done":
+                messages.append(json.loads(await ws.recv()))
+    types = [m["type"] for m in messages]
+    assert types.count("flush_done") == 1 and messages[types.index("flush_done")]["flush_id"] == 1
+    assert types.index("flush_done") < len(types) - 2
+    assert len(cartesia.requests) == 1 and cartesia.requests[0].text == "One. Two."
+
+
+async def test_cartesia_websocket_word_timestamps_match_the_audio(cartesia):
+    messages = await cartesia_context(cartesia, TEXT)
+    audio = audio_of(messages)
+    stamps = [m["word_timestamps"] for m in messages if m["type"] == "timestamps"]
+    words = [w for s in stamps for w in s["words"]]
+    starts = [t for s in stamps for t in s["start"]]
+    samples = pcm16(audio)
+    assert words == TEXT.split()
+    # Each word starts voiced; the gap before it is silent.
+    for start in starts[1:]:
+        at = round(start * SAMPLE_RATE)
+        assert np.abs(samples[at : at + 400]).max() > 0.05
+        assert np.abs(samples[at - 300 : at - 100]).max() == 0.0
+
+
+async def test_elevenlabs_websocket_contexts_answer_with_audio_alignment_and_is_final(elevenlabs):
+    async with connect(
+        elevenlabs_ws_url(elevenlabs), additional_headers={"xi-api-key": API_KEY}
+    ) as ws:
+        await ws.send(json.dumps({"text": ""}))  # keepalive: no context
+        await elevenlabs_context(ws, TEXT, "a")
+        replies = await elevenlabs_replies(ws)
+    audio = audio_of(replies, "audio")
+    alignments = [m["alignment"] for m in replies if m.get("alignment")]
+    assert replies[-1] == {"isFinal": True, "contextId": "a"}
+    assert all(m["contextId"] == "a" for m in replies)
+    assert "".join(c for a in alignments for c in a["chars"]).strip() == TEXT
+    assert all(a == m["normalizedAlignment"] for m in replies if (a := m.get("alignment")))
+    # Alignment restarts at 0 in every message and its spans tile the audio.
+    spans = [a["charStartTimesMs"][-1] + a["charDurationsMs"][-1] for a in alignments]
+    assert all(a["charStartTimesMs"][0] == 0 for a in alignments)
+    assert sum(spans) / 1000 == pytest.approx(len(audio) / 2 / SAMPLE_RATE, abs=0.05)
+    assert [r.text for r in elevenlabs.requests] == [TEXT]
+
+
+async def test_elevenlabs_close_socket_closes_the_connection_normally(elevenlabs):
+    async with connect(
+        elevenlabs_ws_url(elevenlabs), additional_headers={"xi-api-key": API_KEY}
+    ) as ws:
+        await ws.send(json.dumps({"close_socket": True}))
+        async with asyncio.timeout(5):
+            await ws.wait_closed()
+    assert ws.close_code == 1000
+    assert elevenlabs.connections == 1
+
+
+@pytest.mark.parametrize("output_format,rate", [("pcm_16000", 16000), ("pcm_24000", 24000)])
+async def test_elevenlabs_honours_the_output_format(elevenlabs, session, output_format, rate):
+    response = await session.post(
+        f"{elevenlabs.http_url}/v1/text-to-speech/emulated-voice/stream",
+        params={"output_format": output_format},
+        json={"text": TEXT},
+        headers={"xi-api-key": API_KEY},
+    )
+    audio = await response.read()
+    assert len(audio) == 2 * round(expected_seconds(TEXT) * rate)
+
+
+async def test_elevenlabs_refuses_mp3_which_it_cannot_produce(elevenlabs, session):
+    response = await session.post(
+        f"{elevenlabs.http_url}/v1/text-to-speech/emulated-voice/stream",
+        json={"text": TEXT},
+        headers={"xi-api-key": API_KEY},
+    )
+    body = await response.json()
+    assert response.status == 400
+    assert "mp3_44100_128" in body["detail"]["message"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+async def test_cartesia_wrong_or_missing_key_gets_401_over_http_and_websocket(
+    cartesia, session, headers
+):
+    response = await session.post(
+        f"{cartesia.http_url}/tts/bytes", json={"transcript": SHORT}, headers=headers
+    )
+    body = await response.json()
+    with pytest.raises(InvalidStatus) as raised:
+        async with connect(cartesia.websocket_url, additional_headers=headers):
+            pass
+    assert response.status == 401
+    assert {"error_code", "title", "message", "request_id"} <= body.keys()
+    assert raised.value.response.status_code == 401
+    assert cartesia.requests == []
+
+
+async def test_audio_is_speech_like_and_deterministic(cartesia, session):
+    first = await (await cartesia_bytes(session, cartesia, TEXT)).read()
+    second = await (await cartesia_bytes(session, cartesia, TEXT)).read()
+    samples = pcm16(first)
+    voiced = samples[np.abs(samples) > 0.01]
+    zero_crossing_rate = np.mean(np.abs(np.diff(np.sign(voiced)))) / 2
+    silent = np.mean(samples == 0.0)
+    assert first == second
+    assert 0.02 < rms(first) < 0.3
+    assert zero_crossing_rate < 0.15  # white noise would be near 0.5
+    assert 0.1 < silent < 0.5  # gaps between words, but mostly voiced
+
+
+# -- faults -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec,fault",
+    [
+        ("slow-ttfb:800", Fault(FaultKind.SLOW_TTFB, ms=800)),
+        ("error@3", Fault("error", nth=3)),
+        ("hang%2", Fault("hang", every=2)),
+        ("slow-drip:2.5", Fault("slow-drip", factor=2.5)),
+        ("Reject-503", Fault("reject-503")),
+        ("stall:0@1", Fault("stall", ms=0, nth=1)),
+        ("flap", Fault("flap")),
+    ],
+)
+def test_fault_strings_parse_and_print_back(spec, fault):
+    assert Fault.parse(spec) == fault
+    assert Fault.parse(str(fault)) == fault
+
+
+@pytest.mark.parametrize(
+    "spec,words",
+    [
+        ("explode", "unknown kind"),
+        ("hang:5", "takes no ':VALUE'"),
+        ("error:soon", "whole milliseconds"),
+        ("error@0", "nth must be"),
+        ("error@2%3", "syntax"),
+        ("slow-drip:0.5", "> 1"),
+        ("flap%2", "flap chooses"),
+        ("", "expected KIND"),
+    ],
+)
+def test_bad_fault_strings_raise_value_error_saying_why(spec, words):
+    with pytest.raises(ValueError, match=words):
+        Fault.parse(spec)
+
+
+@pytest.mark.parametrize("status", [401, 429, 503])
+async def test_reject_faults_refuse_http_and_websocket_with_the_status(status, session):
+    async with ElevenLabsEmulator(fault=f"reject-{status}") as emu:
+        response = await elevenlabs_stream(session, emu)
+        body = await response.json()
+        with pytest.raises(InvalidStatus) as raised:
+            async with connect(elevenlabs_ws_url(emu), additional_headers={"xi-api-key": API_KEY}):
+                pass
+    assert response.status == status
+    assert set(body["detail"]) == {"status", "message"}
+    assert raised.value.response.status_code == status
+    assert emu.rejected_handshakes == 1
+    assert emu.requests[0].fault == Fault(f"reject-{status}")
+
+
+async def test_cartesia_error_fault_sends_the_error_message_after_some_audio():
+    async with CartesiaEmulator(fault="error:80") as emu:
+        messages = await cartesia_context(emu, TEXT)
+    error = messages[-1]
+    assert [m["type"] for m in messages if m["type"] != "timestamps"] == ["chunk"] * 2 + ["error"]
+    assert error["type"] == "error" and error["done"] is True
+    assert error["status_code"] == 500 and error["context_id"] == "ctx-1"
+    assert {"error_code", "title", "message", "request_id"} <= error.keys()
+    assert len(audio_of(messages)) == 2 * round(0.08 * SAMPLE_RATE)
+
+
+async def test_elevenlabs_error_fault_sends_the_error_then_closes_1011():
+    async with (
+        ElevenLabsEmulator(fault="error:40") as emu,
+        connect(elevenlabs_ws_url(emu), additional_headers={"xi-api-key": API_KEY}) as ws,
+    ):
+        await elevenlabs_context(ws, TEXT)
+        messages = []
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                while True:
+                    messages.append(json.loads(await ws.recv()))
+    assert "audio" in messages[0]
+    assert messages[-1]["error"] == "internal_server_error" and messages[-1]["code"] == 1011
+    assert closed.value.rcvd.code == 1011
+
+
+async def test_close_1011_fault_closes_the_websocket_or_aborts_the_body(session):
+    async with CartesiaEmulator(fault="close-1011") as emu:
+        async with connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+            await ws.send(cartesia_message(TEXT))
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5):
+                    while True:
+                        await ws.recv()
+        response = await cartesia_bytes(session, emu, TEXT)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    assert closed.value.rcvd.code == 1011
+    assert response.status == 200
+
+
+async def test_hang_fault_accepts_but_never_answers(session):
+    async with CartesiaEmulator(fault="hang") as emu:
+        async with connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+            await ws.send(cartesia_message(SHORT))
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(QUIET_S):
+                    await ws.recv()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(QUIET_S):
+                await cartesia_bytes(session, emu)
+        await emu.wait_for_requests(2)
+
+
+async def test_stall_fault_sends_some_audio_then_goes_quiet():
+    async with (
+        ElevenLabsEmulator(fault="stall:80") as emu,
+        connect(elevenlabs_ws_url(emu), additional_headers={"xi-api-key": API_KEY}) as ws,
+    ):
+        await elevenlabs_context(ws, TEXT)
+        received = [json.loads(await ws.recv()), json.loads(await ws.recv())]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(QUIET_S):
+                await ws.recv()
+    assert len(audio_of(received, "audio")) == 2 * round(0.08 * SAMPLE_RATE)
+
+
+async def test_zeros_fault_sends_digital_silence_of_the_normal_length(session):
+    async with CartesiaEmulator(fault="zeros") as emu:
+        spoken = await speak(cartesia_ws(emu), TEXT)
+        http_audio = await (await cartesia_bytes(session, emu, TEXT)).read()
+    assert spoken.seconds == pytest.approx(expected_seconds(TEXT), abs=0.15)
+    assert spoken.words == TEXT.split()
+    assert set(spoken.audio) == {0} and set(http_audio) == {0}
+    assert len(http_audio) == 2 * round(expected_seconds(TEXT) * SAMPLE_RATE)
+
+
+async def test_empty_fault_finishes_without_audio():
+    async with CartesiaEmulator(fault="empty") as cartesia:
+        messages = await cartesia_context(cartesia)
+    async with (
+        ElevenLabsEmulator(fault="empty") as elevenlabs,
+        connect(elevenlabs_ws_url(elevenlabs), additional_headers={"xi-api-key": API_KEY}) as ws,
+    ):
+        await elevenlabs_context(ws)
+        replies = await elevenlabs_replies(ws)
+    assert [m["type"] for m in messages] == ["done"]
+    assert replies == [{"isFinal": True, "contextId": "ctx-1"}]
+
+
+async def test_slow_ttfb_fault_delays_the_first_audio(session):
+    async with ElevenLabsEmulator(fault="slow-ttfb:400", speed=math.inf) as emu:
+        began = time.monotonic()
+        response = await elevenlabs_stream(session, emu)
+        await response.content.readany()
+        first_audio = time.monotonic() - began
+    assert first_audio >= 0.4
+
+
+async def test_slow_drip_fault_streams_slower_than_real_time(session):
+    async with CartesiaEmulator(fault="slow-drip:2", speed=math.inf) as emu:
+        began = time.monotonic()
+        audio = await (await cartesia_bytes(session, emu, "Hi.")).read()
+        took = time.monotonic() - began
+    assert took >= 2 * len(audio) / 2 / SAMPLE_RATE - 0.05  # the last chunk is not waited for
+
+
+async def test_nth_and_every_pick_which_requests_fail(session):
+    async with ElevenLabsEmulator(fault="reject-503@2") as emu:
+        nth = [await status_of(elevenlabs_stream(session, emu)) for _ in range(3)]
+        emu.set_fault("reject-429%2")
+        every = [await status_of(elevenlabs_stream(session, emu)) for _ in range(4)]
+        emu.set_fault("flap")
+        flap = [await status_of(elevenlabs_stream(session, emu)) for _ in range(4)]
+    assert nth == [200, 503, 200]
+    assert every == [200, 429, 200, 429]
+    assert flap == [200, 503, 200, 503]
+
+
+async def test_selected_websocket_contexts_are_refused_in_band():
+    results = []
+    async with (
+        CartesiaEmulator(fault="reject-429@2") as emu,
+        connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws,
+    ):
+        for context_id in ("one", "two", "three"):
+            await ws.send(cartesia_message(SHORT, context_id))
+            async with asyncio.timeout(5):
+                while (message := json.loads(await ws.recv()))["type"] not in ("done", "error"):
+                    pass
+            results.append((message["type"], message.get("status_code")))
+    assert results == [("done", 200), ("error", 429), ("done", 200)]
+    assert [r.fault for r in emu.requests] == [None, Fault("reject-429", nth=2), None]
+
+
+async def test_faults_switch_at_runtime_and_count_from_the_switch(cartesia, session):
+    before = await status_of(cartesia_bytes(session, cartesia))
+    cartesia.set_fault(Fault("reject-503", nth=1))
+    switched = [await status_of(cartesia_bytes(session, cartesia)) for _ in range(2)]
+    cartesia.set_fault("reject-401")
+    rejected = await status_of(cartesia_bytes(session, cartesia))
+    cartesia.clear_fault()
+    after = await status_of(cartesia_bytes(session, cartesia))
+    assert (before, switched, rejected, after) == (200, [503, 200], 401, 200)
+    assert cartesia.fault is None
+    assert [r.ordinal for r in cartesia.requests] == [1, 2, 3, 4, 5]
+    assert isinstance(cartesia.requests[0], SynthesisRequest)
+
+
+# -- lifecycle --------------------------------------------------------------
+
+
+async def test_emulators_bind_distinct_free_ports_on_localhost():
+    async with CartesiaEmulator() as a, ElevenLabsEmulator() as b:
+        assert a.port != b.port
+        assert a.http_url == f"http://127.0.0.1:{a.port}"
+        assert b.ws_url == f"ws://127.0.0.1:{b.port}"
+        assert a.websocket_url == f"ws://127.0.0.1:{a.port}/tts/websocket"
+
+
+async def test_stop_closes_websockets_and_cancels_hung_requests(session):
+    emu = await CartesiaEmulator(fault="hang").start()
+    ws = await connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY})
+    await ws.send(cartesia_message(SHORT))
+    hung = asyncio.ensure_future(cartesia_bytes(session, emu))
+    await emu.wait_for_requests(2)
+    assert emu.open_connections == 1
+
+    await emu.stop()
+    await emu.stop()  # safe twice
+
+    async with asyncio.timeout(5):
+        await ws.wait_closed()
+        with pytest.raises(aiohttp.ClientError):
+            await hung
+    assert ws.close_code == 1001
+    assert emu.open_connections == 0
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+    assert leftover == []
+
+
+def test_bad_constructor_arguments_raise_value_error():
+    with pytest.raises(ValueError, match="speed"):
+        CartesiaEmulator(speed=0)
+    with pytest.raises(ValueError, match="unknown kind"):
+        ElevenLabsEmulator(fault="explode")
+    with pytest.raises(ValueError, match="port"):
+        CartesiaEmulator(port=70000)
+
+
+# -- command line -----------------------------------------------------------
+
+
+async def test_cli_emulates_until_sigterm_and_exits_cleanly(session):
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pipecat_tts_failover.cli",
+        "emulate",
+        "cartesia",
+        "--port",
+        str(port),
+        "--speed",
+        "8",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            ready = (await process.stdout.readline()).decode()
+        response = await session.post(
+            f"http://127.0.0.1:{port}/tts/bytes",
+            json={"transcript": SHORT, "output_format": RAW_16K},
+            headers={"X-API-Key": API_KEY},
+        )
+        audio = await response.read()
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert f"http://127.0.0.1:{port}" in ready
+    assert response.status == 200 and rms(audio) > 0.02
+    assert code == 0
+
+
+async def test_cli_rejects_a_bad_fault_with_a_clear_message():
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pipecat_tts_failover.cli",
+        "emulate",
+        "elevenlabs",
+        "--fault",
+        "explode@2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, stderr = await process.communicate()
+    assert process.returncode == 2
+    assert "bad fault 'explode@2': unknown kind 'explode'" in stderr.decode()
