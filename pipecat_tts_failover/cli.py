@@ -2,6 +2,8 @@
 
 Subcommands:
     emulate   run a local Cartesia or ElevenLabs emulator until Ctrl-C / SIGTERM
+    status, mark-down, mark-up, pin, unpin, failover, reset
+              operator controls over a fleet's Redis health store
 
 Add a subcommand by writing an ``_add_<name>(subparsers)`` function that
 creates its parser and sets ``handler`` (``(argparse.Namespace) -> int``) with
@@ -95,7 +97,16 @@ def _add_emulate(subparsers: argparse._SubParsersAction):
     parser.set_defaults(handler=_run_emulate)
 
 
-_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_emulate,)
+def _add_operator(subparsers: argparse._SubParsersAction):
+    from pipecat_tts_failover._cli_operator import add_operator_commands
+
+    add_operator_commands(subparsers)
+
+
+_SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_emulate,
+    _add_operator,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 on a runtime failure, 2 on a usage error.
     """
     args = build_parser().parse_args(argv)
+    if args.command != "emulate":
+        # Operator commands print their own results; library logs (pipecat's
+        # banner, the store's reconnect warnings) would only get in the way.
+        logger.remove()
+        logger.add(sys.stderr, level="ERROR")
     return args.handler(args)
 
 

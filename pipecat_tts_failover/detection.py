@@ -21,6 +21,7 @@ class FailureReason(str, Enum):
         NO_AUDIO: The provider finished the sentence without any audio.
         SILENT_AUDIO: The provider sent only digital silence.
         UNUSABLE: The service had already reported it can no longer do its job.
+        OPERATOR: An operator marked the provider down by hand.
     """
 
     ERROR = "error"
@@ -31,6 +32,7 @@ class FailureReason(str, Enum):
     NO_AUDIO = "no_audio"
     SILENT_AUDIO = "silent_audio"
     UNUSABLE = "unusable"
+    OPERATOR = "operator"
 
     def __str__(self) -> str:
         return self.value
@@ -41,7 +43,9 @@ class FailureReason(str, Enum):
         return self in (FailureReason.PERMANENT_ERROR, FailureReason.UNUSABLE)
 
 
-def reason_for_error(category: ErrorCategory | None, *, raised: bool, usable: bool) -> FailureReason:
+def reason_for_error(
+    category: ErrorCategory | None, *, raised: bool, usable: bool
+) -> FailureReason:
     """Classify an ``ErrorFrame`` from a provider.
 
     Args:

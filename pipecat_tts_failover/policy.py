@@ -81,7 +81,9 @@ class CallPolicy:
             self.call_provider = self._first_up()
 
     def _first_up(self) -> str:
-        return next((pid for pid in self.provider_ids if pid not in self._down), self.provider_ids[0])
+        return next(
+            (pid for pid in self.provider_ids if pid not in self._down), self.provider_ids[0]
+        )
 
     @property
     def failover_enabled(self) -> bool:

@@ -23,7 +23,7 @@ def _require(module: str, extra: str):
         return __import__(module, fromlist=["_"])
     except ImportError as e:
         raise ImportError(
-            f"this probe needs the {module} package: pip install \"pipecat-tts-failover[{extra}]\""
+            f'this probe needs the {module} package: pip install "pipecat-tts-failover[{extra}]"'
         ) from e
 
 

@@ -43,7 +43,9 @@ class ProbeVerdict:
     error: str | None = None
 
 
-async def run_probe(probe: Probe, *, first_audio_timeout: float, silence_floor: float) -> ProbeVerdict:
+async def run_probe(
+    probe: Probe, *, first_audio_timeout: float, silence_floor: float
+) -> ProbeVerdict:
     """Run one probe and judge it: audible audio must arrive within ``first_audio_timeout``.
 
     Args:

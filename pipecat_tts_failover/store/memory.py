@@ -29,6 +29,10 @@ class InMemoryHealthStore:
         now = self._clock()
         return {pid: self._current(pid, now) for pid in provider_ids}
 
+    async def known_providers(self) -> list[str]:
+        """Every provider this store has a record of."""
+        return sorted(self._health)
+
     async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
         """Count a failed sentence; return the consecutive failure count."""
         health = self._health.get(provider_id) or ProviderHealth(provider_id)

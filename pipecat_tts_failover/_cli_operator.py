@@ -1,0 +1,180 @@
+"""The operator subcommands: status, mark-down, mark-up, pin, unpin, failover, reset.
+
+Each opens a RedisHealthStore on ``--redis-url`` and calls the matching
+function of :mod:`pipecat_tts_failover.operator`.
+"""
+
+import argparse
+import asyncio
+import datetime
+import sys
+import time
+
+from pipecat_tts_failover import operator
+from pipecat_tts_failover.errors import HealthStoreError
+
+_CONNECT_TIMEOUT = 3.0
+
+
+def add_operator_commands(subparsers: argparse._SubParsersAction):
+    """Add the operator subcommands to the ``pipecat-tts-failover`` parser."""
+
+    def command(name: str, help: str, run) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=help, description=help)
+        parser.add_argument(
+            "--redis-url", required=True, help="the fleet's Redis, e.g. redis://redis:6379/0"
+        )
+        parser.add_argument(
+            "--key-prefix", default="tts-failover", help="key prefix (default: tts-failover)"
+        )
+        parser.set_defaults(handler=lambda args: _run(args, run))
+        return parser
+
+    parser = command("status", "show every provider's health and the operator controls", _status)
+    parser.add_argument(
+        "--providers", help="comma-separated provider ids (default: every provider the store knows)"
+    )
+    parser = command("mark-down", "take a provider out of new calls", _mark_down)
+    parser.add_argument("provider")
+    parser.add_argument(
+        "--cooldown", type=_seconds, default=600.0, help="seconds (default: 600)"
+    )
+    parser = command("mark-up", "put a provider back into new calls", _mark_up)
+    parser.add_argument("provider")
+    parser = command("pin", "start every new call on one provider", _pin)
+    parser.add_argument("provider")
+    command("unpin", "let new calls start on the preferred healthy provider", _unpin)
+    parser = command("failover", "the kill switch: turn failover on or off", _failover)
+    parser.add_argument("state", choices=("on", "off"))
+    parser = command("reset", "mark every provider up and clear pin and kill switch", _reset)
+    parser.add_argument("--providers", help="comma-separated provider ids (default: all known)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def _run(args: argparse.Namespace, run) -> int:
+    try:
+        from pipecat_tts_failover.store.redis import RedisHealthStore, mask_url
+    except ImportError as e:
+        print(f"pipecat-tts-failover: {e}", file=sys.stderr)
+        return 1
+    try:
+        store = RedisHealthStore(args.redis_url, key_prefix=args.key_prefix)
+    except (TypeError, ValueError) as e:
+        print(f"pipecat-tts-failover: {e}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        try:
+            if not await store.connect(timeout=_CONNECT_TIMEOUT):
+                print(
+                    f"pipecat-tts-failover: cannot reach Redis at {mask_url(args.redis_url)}",
+                    file=sys.stderr,
+                )
+                return 1
+            return await run(store, args)
+        except (HealthStoreError, ValueError) as e:
+            print(f"pipecat-tts-failover: {e}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def _ids(text: str | None) -> list[str] | None:
+    return [p for p in (text or "").split(",") if p.strip()] or None
+
+
+async def _status(store, args) -> int:
+    fleet = await operator.status(store, _ids(args.providers))
+    now = time.time()
+    rows = []
+    for h in fleet.providers:
+        down = h.down_until is not None
+        rows.append(
+            (
+                h.provider_id,
+                "down" if down else "up",
+                str(h.reason) if down and h.reason else "",
+                _when(h.since) if down else "",
+                f"{max(0.0, h.down_until - now):.0f}s" if down else "",
+                str(h.failures),
+            )
+        )
+    controls = fleet.controls
+    footer = (
+        f"pinned: {controls.pinned or '-'}   failover: "
+        f"{'on' if controls.failover_enabled else 'OFF (kill switch)'}"
+    )
+    _print_table(("provider", "state", "reason", "since", "left", "failures"), rows, footer)
+    return 0
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _print_table(header, rows, footer: str):
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+        for row in (header, *rows):
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print(footer)
+        return
+    table = Table(title="TTS providers", caption=footer)
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        style = "red" if row[1] == "down" else "green"
+        table.add_row(*row, style=style)
+    Console().print(table)
+
+
+async def _mark_down(store, args) -> int:
+    changed = await operator.mark_down(store, args.provider, cooldown=args.cooldown)
+    print(f"{args.provider}: {'marked down' if changed else 'already down'} for {args.cooldown:g}s")
+    return 0
+
+
+async def _mark_up(store, args) -> int:
+    changed = await operator.mark_up(store, args.provider)
+    print(f"{args.provider}: {'marked up' if changed else 'already up'}")
+    return 0
+
+
+async def _pin(store, args) -> int:
+    await operator.pin(store, args.provider)
+    print(f"new calls start on {args.provider}")
+    return 0
+
+
+async def _unpin(store, args) -> int:
+    await operator.unpin(store)
+    print("new calls start on the preferred healthy provider")
+    return 0
+
+
+async def _failover(store, args) -> int:
+    await operator.set_failover(store, enabled=args.state == "on")
+    print(f"failover {args.state}")
+    return 0
+
+
+async def _reset(store, args) -> int:
+    was_down = await operator.reset(store, _ids(args.providers))
+    print(f"reset: marked up {', '.join(was_down) or 'nothing'}; pin and kill switch cleared")
+    return 0
