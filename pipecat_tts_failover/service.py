@@ -73,7 +73,7 @@ from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
 from pipecat_tts_failover.sentence import SentenceReport, SentenceRun
-from pipecat_tts_failover.store.base import Controls, HealthStore
+from pipecat_tts_failover.store.base import Controls, HealthStore, LatencySharing
 from pipecat_tts_failover.store.memory import default_store
 from pipecat_tts_failover.store.writer import StoreWriter
 
@@ -431,6 +431,7 @@ class FailoverTTSService(BasePipeline):
             logger.info(f"{self}: this call is a canary for {preferred}")
         self._store_down = down
         self._policy = CallPolicy(ids, self._failure_threshold, health, controls, canary)
+        await self._seed_latency(ids)
         if self._probes:
             self._recovery = recovery_for(
                 self._store,
@@ -464,6 +465,32 @@ class FailoverTTSService(BasePipeline):
                     self._policy.call_provider = pid
                 return
 
+    async def _seed_latency(self, ids: list[str]):
+        """A fresh worker starts with the fleet's latency view, where the store shares one."""
+        self._latency_samples = {}
+        if not isinstance(self._store, LatencySharing):
+            return
+        empty = [pid for pid in ids if not len(self._stats(pid).latency)]
+        if not empty:
+            return
+        try:
+            async with asyncio.timeout(_STORE_READ_TIMEOUT):
+                samples = await self._store.get_latency_samples(empty)
+        except Exception as e:  # noqa: BLE001 - latency history is a nicety, not a need
+            logger.debug(f"{self}: latency samples unreadable ({e!r})")
+            return
+        for pid in empty:
+            self._stats(pid).latency.extend(samples.get(pid, ()))
+
+    def _share_latency(self):
+        """Hand this call's latency samples to the store, once, from the writer."""
+        if not isinstance(self._store, LatencySharing):
+            return
+        store: LatencySharing = self._store
+        for pid, samples in self._latency_samples.items():
+            self._writer.submit(lambda pid=pid, samples=samples: store.add_latency_samples(pid, samples))
+        self._latency_samples = {}
+
     async def _read_controls(self) -> Controls:
         try:
             async with asyncio.timeout(_STORE_READ_TIMEOUT):
@@ -473,6 +500,7 @@ class FailoverTTSService(BasePipeline):
             return Controls()
 
     async def _stop(self, frame: EndFrame):
+        self._share_latency()
         await self._writer.drain(timeout=2.0)
         await asyncio.gather(
             *(link.send_lifecycle(frame, _SERVICE_STOP_TIMEOUT) for link in self._links.values())

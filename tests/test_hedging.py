@@ -5,7 +5,13 @@ from pipecat.frames.frames import TTSSpeakFrame
 
 from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
 from pipecat_tts_failover.events import ProviderSlow
-from pipecat_tts_failover.latency import AdaptiveTimeout, HedgeBudget, LatencyWindow, parse_quantile, stats_for
+from pipecat_tts_failover.latency import (
+    AdaptiveTimeout,
+    HedgeBudget,
+    LatencyWindow,
+    parse_quantile,
+    stats_for,
+)
 from tests.support.pipeline import PipelineHarness
 from tests.support.scripted import ScriptedTTSService, decode_audio, plan
 
@@ -213,3 +219,17 @@ async def test_slow_provider_is_reported_once_and_new_calls_prefer_the_faster_on
     plain = services(primary_ttfb=0.06)
     await speak(FailoverTTSService(services=plain, store=store), 1)
     assert plain["primary"].requests == [SENTENCE]
+
+
+async def test_a_fresh_worker_starts_with_the_fleets_latency_view():
+    from pipecat_tts_failover.latency import _stats
+
+    store = InMemoryHealthStore()
+    await speak(FailoverTTSService(services=services(primary_ttfb=0.03), store=store), 3)
+    samples = (await store.get_latency_samples(["primary"]))["primary"]
+    assert len(samples) == 3 and all(0.02 < s < 0.5 for s in samples)
+    # A fresh worker: the process-level stats are gone, the store still has the samples.
+    _stats.pop(store)
+    tts = FailoverTTSService(services=services(primary_ttfb=0.03), store=store)
+    async with PipelineHarness(tts):
+        assert stats_for(store)["primary"].latency.samples == samples

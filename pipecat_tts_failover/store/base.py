@@ -123,3 +123,19 @@ class HealthStore(Protocol):
     async def close(self) -> None:
         """Release what the store holds. Safe to call twice."""
         ...
+
+
+@runtime_checkable
+class LatencySharing(Protocol):
+    """A store that also shares first-audio latency samples, so a fresh worker starts with the fleet's view.
+
+    Optional: ``FailoverTTSService`` uses it when the store has it.
+    """
+
+    async def get_latency_samples(self, provider_ids: Sequence[str]) -> Mapping[str, list[float]]:
+        """The most recent samples of each provider (oldest first, at most a few hundred)."""
+        ...
+
+    async def add_latency_samples(self, provider_id: str, samples: Sequence[float]) -> None:
+        """Add a call's samples of one provider."""
+        ...

@@ -1,10 +1,13 @@
 """InMemoryHealthStore: provider health shared by the calls of one process."""
 
 import dataclasses
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.store.base import Clock, Controls, ProviderHealth, wall_clock
+
+LATENCY_SAMPLES_KEPT = 200
 
 
 class InMemoryHealthStore:
@@ -22,6 +25,7 @@ class InMemoryHealthStore:
         self._clock = clock
         self._health: dict[str, ProviderHealth] = {}
         self._locks: dict[str, float] = {}
+        self._latency: dict[str, deque[float]] = {}
         self._controls = Controls()
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
@@ -108,6 +112,14 @@ class InMemoryHealthStore:
         """Replace the operator's controls."""
         self._controls = controls
 
+    async def get_latency_samples(self, provider_ids: Sequence[str]) -> Mapping[str, list[float]]:
+        """The most recent first-audio latency samples of each provider, oldest first."""
+        return {pid: list(self._latency.get(pid, ())) for pid in provider_ids}
+
+    async def add_latency_samples(self, provider_id: str, samples: Sequence[float]) -> None:
+        """Add a call's first-audio latency samples of one provider."""
+        self._latency.setdefault(provider_id, deque(maxlen=LATENCY_SAMPLES_KEPT)).extend(samples)
+
     async def close(self) -> None:
         """Nothing to release; present for the protocol."""
 
@@ -115,6 +127,7 @@ class InMemoryHealthStore:
         """Forget everything (for tests and operators)."""
         self._health.clear()
         self._locks.clear()
+        self._latency.clear()
         self._controls = Controls()
 
 
