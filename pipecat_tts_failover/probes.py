@@ -27,44 +27,58 @@ def _require(module: str, extra: str):
         ) from e
 
 
-class CartesiaProbe:
-    """Probe Cartesia with the official ``cartesia`` SDK (``/tts/bytes``, raw PCM).
+class _SdkProbe:
+    """A probe through a provider's official SDK: the settings every such probe takes.
 
     Args:
-        api_key: Cartesia API key.
+        api_key: The provider's API key (never shown in the repr).
         voice_id: The voice to speak with.
         model_id: The model.
-        base_url: API base URL (None for Cartesia's; an emulator's in tests).
+        base_url: API base URL (None for the provider's; an emulator's in tests).
         sample_rate: Output sample rate.
         text: What to say.
     """
+
+    _package = ""
+    _extra = ""
+    _default_model = ""
 
     def __init__(
         self,
         api_key: str,
         *,
         voice_id: str,
-        model_id: str = "sonic-2",
+        model_id: str | None = None,
         base_url: str | None = None,
         sample_rate: int = 16000,
         text: str = PROBE_TEXT,
     ):
-        _require("cartesia", "cartesia")
+        _require(self._package, self._extra)
         self._api_key = api_key
         self._voice_id = voice_id
-        self._model_id = model_id
+        self._model_id = model_id or self._default_model
         self._base_url = base_url
         self._sample_rate = sample_rate
         self._text = text
 
     def __repr__(self) -> str:
-        return f"CartesiaProbe(voice_id={self._voice_id!r}, base_url={self._base_url!r})"
+        return f"{type(self).__name__}(voice_id={self._voice_id!r}, base_url={self._base_url!r})"
+
+    def _client_kwargs(self) -> dict:
+        return {"base_url": self._base_url} if self._base_url else {}
+
+
+class CartesiaProbe(_SdkProbe):
+    """Probe Cartesia with the official ``cartesia`` SDK (``/tts/bytes``, raw PCM)."""
+
+    _package = "cartesia"
+    _extra = "cartesia"
+    _default_model = "sonic-2"
 
     async def __call__(self) -> AsyncIterator[bytes]:
         from cartesia import AsyncCartesia
 
-        kwargs = {"base_url": self._base_url} if self._base_url else {}
-        client = AsyncCartesia(api_key=self._api_key, max_retries=0, **kwargs)
+        client = AsyncCartesia(api_key=self._api_key, max_retries=0, **self._client_kwargs())
         try:
             chunks = await client.tts.bytes(
                 model_id=self._model_id,
@@ -82,44 +96,20 @@ class CartesiaProbe:
             await client.close()
 
 
-class ElevenLabsProbe:
+class ElevenLabsProbe(_SdkProbe):
     """Probe ElevenLabs with the official ``elevenlabs`` SDK (streaming HTTP, raw PCM).
 
-    Args:
-        api_key: ElevenLabs API key.
-        voice_id: The voice to speak with.
-        model_id: The model.
-        base_url: API base URL (None for ElevenLabs'; an emulator's in tests).
-        sample_rate: Output sample rate (16000, 22050, 24000 or 44100).
-        text: What to say.
+    ``sample_rate`` is one of 16000, 22050, 24000 or 44100.
     """
 
-    def __init__(
-        self,
-        api_key: str,
-        *,
-        voice_id: str,
-        model_id: str = "eleven_flash_v2_5",
-        base_url: str | None = None,
-        sample_rate: int = 16000,
-        text: str = PROBE_TEXT,
-    ):
-        _require("elevenlabs", "elevenlabs")
-        self._api_key = api_key
-        self._voice_id = voice_id
-        self._model_id = model_id
-        self._base_url = base_url
-        self._sample_rate = sample_rate
-        self._text = text
-
-    def __repr__(self) -> str:
-        return f"ElevenLabsProbe(voice_id={self._voice_id!r}, base_url={self._base_url!r})"
+    _package = "elevenlabs"
+    _extra = "elevenlabs"
+    _default_model = "eleven_flash_v2_5"
 
     async def __call__(self) -> AsyncIterator[bytes]:
         from elevenlabs.client import AsyncElevenLabs
 
-        kwargs = {"base_url": self._base_url} if self._base_url else {}
-        client = AsyncElevenLabs(api_key=self._api_key, **kwargs)
+        client = AsyncElevenLabs(api_key=self._api_key, **self._client_kwargs())
         async for chunk in client.text_to_speech.stream(
             self._voice_id,
             text=self._text,

@@ -1,0 +1,117 @@
+"""Recovery probes through the official SDKs and pipecat services, against the provider emulators."""
+
+import asyncio
+
+import pytest
+from pipecat.frames.frames import TTSSpeakFrame
+
+from pipecat_tts_failover import CartesiaProbe, ElevenLabsProbe, FailoverTTSService, ServiceProbe
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.events import ProbeFinished, ProviderUp
+from pipecat_tts_failover.recovery import close_recovery, run_probe
+from pipecat_tts_failover.store.memory import InMemoryHealthStore
+from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
+from tests.support.emulators import API_KEY, cartesia_ws, elevenlabs_ws
+from tests.support.pipeline import PipelineHarness
+
+SENTENCES = ["Thanks for holding.", "Your ticket is open.", "Anything else today?"]
+
+
+@pytest.fixture(autouse=True)
+async def _close_recovery():
+    yield
+    await close_recovery()
+
+
+def probe_for(emu, **kwargs):
+    if isinstance(emu, CartesiaEmulator):
+        return CartesiaProbe(API_KEY, voice_id="v", base_url=emu.http_url, **kwargs)
+    return ElevenLabsProbe(API_KEY, voice_id="v", base_url=emu.http_url, **kwargs)
+
+
+@pytest.mark.parametrize("emulator", [CartesiaEmulator, ElevenLabsEmulator])
+@pytest.mark.parametrize(
+    "fault, reason",
+    [
+        (None, None),
+        ("zeros", FailureReason.SILENT_AUDIO),
+        ("hang", FailureReason.NO_FIRST_AUDIO),
+        ("reject-401", FailureReason.ERROR),
+        ("reject-503", FailureReason.ERROR),
+    ],
+)
+async def test_sdk_probe_judges_the_provider(emulator, fault, reason):
+    async with emulator(fault=fault, speed=20) as emu:
+        probe = probe_for(emu)
+        verdict = await run_probe(probe, first_audio_timeout=1.0, silence_floor=16.0)
+        assert verdict.reason is reason, verdict
+        assert verdict.ok is (reason is None)
+        assert API_KEY not in repr(probe)
+        if fault != "reject-401":
+            assert len(emu.requests) >= 1
+
+
+async def test_service_probe_speaks_through_a_pipecat_service():
+    async with CartesiaEmulator(speed=20) as emu:
+        probe = ServiceProbe(lambda: cartesia_ws(emu))
+        verdict = await run_probe(probe, first_audio_timeout=3.0, silence_floor=16.0)
+        assert verdict.ok, verdict
+        emu.set_fault("zeros")
+        verdict = await run_probe(probe, first_audio_timeout=3.0, silence_floor=16.0)
+        assert verdict.reason is FailureReason.SILENT_AUDIO
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+
+async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end():
+    store = InMemoryHealthStore()
+    recorder = Recorder()
+    async with CartesiaEmulator(fault="hang", speed=20) as cartesia, ElevenLabsEmulator(
+        speed=20
+    ) as eleven:
+
+        def failover():
+            return FailoverTTSService(
+                services={"cartesia": cartesia_ws(cartesia), "elevenlabs": elevenlabs_ws(eleven)},
+                store=store,
+                first_audio_timeout=0.5,
+                cooldown=1.8,
+                probes={"cartesia": probe_for(cartesia)},
+                probe_backoff=0.2,
+                alerters=[recorder],
+            )
+
+        async with PipelineHarness(failover()) as h:
+            await h.send(TTSSpeakFrame(SENTENCES[0]))
+        assert h.words == SENTENCES[0].split()
+        # The probes run against the still-broken primary and fail...
+        async with asyncio.timeout(10):
+            while len([e for e in recorder.events if isinstance(e, ProbeFinished)]) < 2:
+                await asyncio.sleep(0.02)
+        assert (await store.get(["cartesia"]))["cartesia"].down_until is not None
+        calls_during_outage = len(cartesia.requests)
+        # ...a call during the outage sends the primary nothing...
+        async with PipelineHarness(failover()) as h:
+            await h.send(TTSSpeakFrame(SENTENCES[1]))
+        assert h.words == SENTENCES[1].split()
+        # ...until the provider is fixed and a probe speaks.
+        cartesia.clear_fault()
+        async with asyncio.timeout(15):
+            while not [e for e in recorder.events if isinstance(e, ProviderUp)]:
+                await asyncio.sleep(0.02)
+        probes = [e for e in recorder.events if isinstance(e, ProbeFinished)]
+        assert not probes[0].ok and probes[-1].ok
+        assert all(not p.ok for p in probes[:-1])
+        # Only probes reached the primary meanwhile (no caller's sentence).
+        assert all(r.text == "Hello, this is a quick check." for r in cartesia.requests[calls_during_outage:])
+
+        async with PipelineHarness(failover()) as h:
+            await h.send(TTSSpeakFrame(SENTENCES[2]))
+        assert h.words == SENTENCES[2].split()
+        assert cartesia.requests[-1].text == SENTENCES[2]
