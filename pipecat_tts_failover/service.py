@@ -1,7 +1,6 @@
 """FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
 
 import asyncio
-import dataclasses
 import random
 import time
 import uuid
@@ -61,19 +60,14 @@ from pipecat_tts_failover.events import (
     ProviderUp,
     SentenceAttempted,
 )
-from pipecat_tts_failover.latency import (
-    AdaptiveTimeout,
-    HedgeBudget,
-    ProviderStats,
-    parse_quantile,
-    stats_for,
-)
+from pipecat_tts_failover.latency import AdaptiveTimeout, parse_quantile
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
-from pipecat_tts_failover.sentence import SentenceReport, SentenceRun
-from pipecat_tts_failover.store.base import Controls, HealthStore, LatencySharing
+from pipecat_tts_failover.sentence import SentenceRun
+from pipecat_tts_failover.speed import SpeedTracker
+from pipecat_tts_failover.store.base import Controls, HealthStore
 from pipecat_tts_failover.store.memory import default_store
 from pipecat_tts_failover.store.writer import StoreWriter
 
@@ -233,14 +227,14 @@ class FailoverTTSService(BasePipeline):
         super().__init__(name=name)
         resolved = resolve_services(services)
         if first_audio_timeout == "adaptive":
-            self._adaptive: AdaptiveTimeout | None = adaptive_timeout or AdaptiveTimeout()
-            fixed_first_audio = self._adaptive.fallback
+            adaptive: AdaptiveTimeout | None = adaptive_timeout or AdaptiveTimeout()
+            fixed_first_audio = adaptive.fallback
         elif isinstance(first_audio_timeout, str):
             raise ValueError(
                 f'first_audio_timeout must be seconds or "adaptive", got {first_audio_timeout!r}'
             )
         else:
-            self._adaptive = None
+            adaptive = None
             fixed_first_audio = positive_seconds("first_audio_timeout", first_audio_timeout)
         if adaptive_timeout is not None and not isinstance(adaptive_timeout, AdaptiveTimeout):
             raise TypeError(
@@ -251,16 +245,14 @@ class FailoverTTSService(BasePipeline):
             stall=positive_seconds("stall_timeout", stall_timeout),
             silence_floor=non_negative("silence_floor", silence_floor),
         )
-        self._hedge_seconds: float | None = None
-        self._hedge_quantile: float | None = None
+        hedge_seconds = hedge_quantile = None
         if isinstance(hedge_after, str):
-            self._hedge_quantile = parse_quantile(hedge_after)
+            hedge_quantile = parse_quantile(hedge_after)
         elif hedge_after is not None:
-            self._hedge_seconds = positive_seconds("hedge_after", hedge_after)
+            hedge_seconds = positive_seconds("hedge_after", hedge_after)
         if not 0.0 <= non_negative("hedge_budget", hedge_budget) <= 1.0:
             raise ValueError(f"hedge_budget must be between 0 and 1, got {hedge_budget!r}")
-        self._hedge_budget = float(hedge_budget)
-        self._slow_threshold = (
+        slow_after = (
             None if slow_threshold is None else positive_seconds("slow_threshold", slow_threshold)
         )
         self._prefer_faster = bool(prefer_faster)
@@ -269,6 +261,15 @@ class FailoverTTSService(BasePipeline):
         if store is not None and not isinstance(store, HealthStore):
             raise TypeError(f"store must be a HealthStore, not {type(store).__name__}")
         self._store: HealthStore = store if store is not None else default_store()
+        self._speed = SpeedTracker(
+            self._store,
+            deadlines=self._deadlines,
+            adaptive=adaptive,
+            hedge_seconds=hedge_seconds,
+            hedge_quantile=hedge_quantile,
+            hedge_budget=float(hedge_budget),
+            slow_threshold=slow_after,
+        )
 
         if return_to_primary not in ("next_call", "immediately"):
             raise ValueError(
@@ -286,7 +287,6 @@ class FailoverTTSService(BasePipeline):
         self._probe_backoff_max = positive_seconds("probe_backoff_max", probe_backoff_max)
         self._recovery: Recovery | None = None
         self._store_down: set[str] = set()
-        self._latency_samples: dict[str, list[float]] = {}
         listeners = [*alerters, *([metrics] if metrics is not None else [])]
         for listener in listeners:
             if not isinstance(listener, FailoverListener):
@@ -431,7 +431,7 @@ class FailoverTTSService(BasePipeline):
             logger.info(f"{self}: this call is a canary for {preferred}")
         self._store_down = down
         self._policy = CallPolicy(ids, self._failure_threshold, health, controls, canary)
-        await self._seed_latency(ids)
+        await self._speed.seed(ids, _STORE_READ_TIMEOUT, str(self))
         if self._probes:
             self._recovery = recovery_for(
                 self._store,
@@ -456,40 +456,14 @@ class FailoverTTSService(BasePipeline):
     def _prefer_faster_provider(self):
         """Start the call on a faster provider while its own is reported slow."""
         current = self._policy.call_provider
-        if not self._stats(current).reported_slow:
+        if not self._speed.is_slow(current):
             return
         for pid in self.provider_ids:
-            if pid not in self._policy.down and not self._stats(pid).reported_slow:
+            if pid not in self._policy.down and not self._speed.is_slow(pid):
                 if pid != current:
                     logger.info(f"{self}: {current} is slow; call starts on {pid}")
                     self._policy.call_provider = pid
                 return
-
-    async def _seed_latency(self, ids: list[str]):
-        """A fresh worker starts with the fleet's latency view, where the store shares one."""
-        self._latency_samples = {}
-        if not isinstance(self._store, LatencySharing):
-            return
-        empty = [pid for pid in ids if not len(self._stats(pid).latency)]
-        if not empty:
-            return
-        try:
-            async with asyncio.timeout(_STORE_READ_TIMEOUT):
-                samples = await self._store.get_latency_samples(empty)
-        except Exception as e:  # noqa: BLE001 - latency history is a nicety, not a need
-            logger.debug(f"{self}: latency samples unreadable ({e!r})")
-            return
-        for pid in empty:
-            self._stats(pid).latency.extend(samples.get(pid, ()))
-
-    def _share_latency(self):
-        """Hand this call's latency samples to the store, once, from the writer."""
-        if not isinstance(self._store, LatencySharing):
-            return
-        store: LatencySharing = self._store
-        for pid, samples in self._latency_samples.items():
-            self._writer.submit(lambda pid=pid, samples=samples: store.add_latency_samples(pid, samples))
-        self._latency_samples = {}
 
     async def _read_controls(self) -> Controls:
         try:
@@ -500,7 +474,7 @@ class FailoverTTSService(BasePipeline):
             return Controls()
 
     async def _stop(self, frame: EndFrame):
-        self._share_latency()
+        self._speed.share(self._writer)
         await self._writer.drain(timeout=2.0)
         await asyncio.gather(
             *(link.send_lifecycle(frame, _SERVICE_STOP_TIMEOUT) for link in self._links.values())
@@ -589,11 +563,11 @@ class FailoverTTSService(BasePipeline):
             links=self._links,
             order=order,
             text=text,
-            deadlines=self._deadlines_for,
+            deadlines=self._speed.deadlines,
             forward=lambda frame: self._forward(frame, turn, announcement, resample),
             append_to_context=turn.append_to_context,
-            hedge_after=self._hedge_delay(order[0]) if order else None,
-            hedge_allowed=self._hedge_allowed,
+            hedge_after=self._speed.hedge_delay(order[0]) if order else None,
+            hedge_allowed=self._speed.hedge_allowed,
             on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
             on_failed=lambda p, r: self._call_event_handler("on_sentence_failed", p, r),
             name=str(self),
@@ -607,75 +581,15 @@ class FailoverTTSService(BasePipeline):
         for from_id, to_id, reason in report.hops:
             gap = report.first_audio_delay if to_id == report.spoken_by else None
             self._notify(FailedOver(from_id, to_id, reason, gap))
-        await self._learn_speed(order, report)
+        for pid, p95 in self._speed.learn(order, report):
+            logger.warning(f"{self}: {pid} is slow: p95 first audio {p95:.3f}s")
+            self._notify(ProviderSlow(pid, p95))
+            await self._call_event_handler("on_provider_slow", pid, p95)
         self._settle(report.failures, report.errors, report.spoken_by)
         if report.spoken_by is None:
             await self._all_failed(text, report.failures, unusable)
         if standalone:
             await self._end_turn()
-
-    def _deadlines_for(self, provider_id: str, last: bool = False) -> Deadlines:
-        """A provider's deadlines: fixed, or drawn from its latency tail.
-
-        With adaptive deadlines, the last provider left to try gets the
-        ceiling: cutting it short would only lose the sentence.
-        """
-        if self._adaptive is None:
-            return self._deadlines
-        if last:
-            first_audio = self._adaptive.ceiling
-        else:
-            first_audio = self._adaptive.deadline(self._stats(provider_id).latency)
-        return dataclasses.replace(self._deadlines, first_audio=first_audio)
-
-    def _hedge_delay(self, provider_id: str) -> float | None:
-        if self._hedge_quantile is None:
-            return self._hedge_seconds
-        window = self._stats(provider_id).latency
-        if len(window) < (self._adaptive or AdaptiveTimeout()).min_samples:
-            return None
-        return window.quantile(self._hedge_quantile)
-
-    def _hedge_allowed(self, provider_id: str) -> bool:
-        budget = self._stats(provider_id).hedges
-        return budget is not None and budget.allows()
-
-    def _stats(self, provider_id: str) -> ProviderStats:
-        stats = stats_for(self._store)
-        entry = stats.get(provider_id)
-        if entry is None:
-            entry = stats[provider_id] = ProviderStats()
-        if entry.hedges is None and (self._hedge_seconds or self._hedge_quantile):
-            entry.hedges = HedgeBudget(self._hedge_budget)
-        return entry
-
-    async def _learn_speed(self, order: list[str], report: SentenceReport):
-        """Feed the sentence's latencies to the provider stats; report a provider gone slow."""
-        for pid, seconds in report.latencies:
-            self._stats(pid).latency.add(seconds)
-            self._latency_samples.setdefault(pid, []).append(seconds)
-        if self._adaptive is not None:
-            # A provider that missed its deadline took at least that long: counting
-            # it raises the tail, so a provider that got slower for good is given
-            # a longer deadline within a few sentences instead of failing forever.
-            for pid, reason in report.failures:
-                if reason is FailureReason.NO_FIRST_AUDIO:
-                    self._stats(pid).latency.add(self._deadlines_for(pid).first_audio)
-        if order:
-            budget = self._stats(order[0]).hedges
-            if budget is not None:
-                budget.record(report.hedged_to is not None)
-        if self._slow_threshold is None:
-            return
-        for pid, _ in report.latencies:
-            stats = self._stats(pid)
-            p95 = stats.latency.quantile(0.95) if len(stats.latency) >= 20 else None
-            slow = p95 is not None and p95 > self._slow_threshold
-            if slow and not stats.reported_slow:
-                logger.warning(f"{self}: {pid} is slow: p95 first audio {p95:.3f}s")
-                self._notify(ProviderSlow(pid, p95))
-                await self._call_event_handler("on_provider_slow", pid, p95)
-            stats.reported_slow = slow
 
     async def _return_if_recovered(self):
         """Move the call back to a preferred provider that recovered (``return_to_primary="immediately"``)."""
