@@ -99,10 +99,9 @@ class SentenceRun:
         self._selected: Attempt | None = None
         self.report = SentenceReport()
 
-    @property
-    def open_links(self) -> list[ProviderLink]:
-        """Links with an attempt in flight (to abandon on an interruption)."""
-        return list(self._running.values())
+    async def cancel(self):
+        """Abandon every attempt in flight (on an interruption or cancellation)."""
+        await self._drop_others(None)
 
     async def run(self) -> SentenceReport:
         """Speak the sentence; return how it went."""
@@ -126,7 +125,9 @@ class SentenceRun:
                 hedge_at = None
                 if not first.has_audio and self._hedge_allowed(first.provider_id):
                     self.report.hedged_to = self._pending[0]
-                    logger.debug(f"{self._name}: {first.provider_id} is slow; hedging on {self._pending[0]}")
+                    logger.debug(
+                        f"{self._name}: {first.provider_id} is slow; hedging on {self._pending[0]}"
+                    )
                     await self._start(self._pending.pop(0))
                 continue
             for attempt in [a for a in self._running if a.finished]:
@@ -177,7 +178,9 @@ class SentenceRun:
         pid = attempt.provider_id
         assert result.reason is not None
         await link.abandon()
-        logger.debug(f"{self._name}: {pid} failed [{self._remaining}]: {result.reason} {result.error or ''}")
+        logger.debug(
+            f"{self._name}: {pid} failed [{self._remaining}]: {result.reason} {result.error or ''}"
+        )
         self.report.failures.append((pid, result.reason))
         self.report.errors.setdefault(pid, result.error)
         await self._on_failed(pid, result.reason)
@@ -192,7 +195,9 @@ class SentenceRun:
             to_id = self._pending.pop(0)
         else:
             return
-        logger.warning(f"{self._name}: {pid} failed a sentence ({result.reason}); moving to {to_id}")
+        logger.warning(
+            f"{self._name}: {pid} failed a sentence ({result.reason}); moving to {to_id}"
+        )
         self.report.hops.append((pid, to_id, result.reason))
         await self._on_failover(pid, to_id, result.reason)
         if not self._running:

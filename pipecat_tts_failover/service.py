@@ -482,6 +482,9 @@ class FailoverTTSService(BasePipeline):
         await self._writer.stop()
 
     async def _cancel(self, frame: CancelFrame):
+        run, self._run = self._run, None
+        if run is not None:
+            await run.cancel()
         await asyncio.gather(*(link.send_lifecycle(frame, 1.0) for link in self._links.values()))
         await self._writer.stop()
 
@@ -489,8 +492,7 @@ class FailoverTTSService(BasePipeline):
         """Drop the sentence being spoken and whatever text was waiting."""
         run, self._run = self._run, None
         if run is not None:
-            for link in run.open_links:
-                await link.abandon()
+            await run.cancel()
         await self._text_aggregator.handle_interruption()
         self._turn = self._llm_turn = None
 
