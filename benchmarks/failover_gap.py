@@ -45,7 +45,20 @@ FAULTS = ["error", "raise", "hang", "stall", "empty", "zeros", "auth"]
 
 
 def sentences(n: int) -> list[str]:
-    words = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
+    words = [
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+    ]
     return [SENTENCE.format(words[i % len(words)]) for i in range(n)]
 
 
@@ -139,7 +152,9 @@ async def fault_row(fault: str, n: int) -> dict:
 
     # pipecat's ServiceSwitcher with ServiceSwitcherStrategyFailover.
     primary, backup = make_providers(fault)
-    switcher = ServiceSwitcher(services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover)
+    switcher = ServiceSwitcher(
+        services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover
+    )
     h2 = await speak_paced(switcher, texts)
     row["pipecat_heard"] = sentences_heard(h2, texts)
     return row
@@ -220,8 +235,12 @@ async def main():
     logger.remove()
 
     print(f"Failover per fault ({args.sentences} sentences per call, primary broken throughout,")
-    print(f"first_audio_timeout={FIRST_AUDIO_TIMEOUT}s, each sentence sent once the last one ended)")
-    header = f"{'fault':<8} {'ours heard':>11} {'pipecat heard':>14} {'dead air ms':>12} {'swap ms':>9}"
+    print(
+        f"first_audio_timeout={FIRST_AUDIO_TIMEOUT}s, each sentence sent once the last one ended)"
+    )
+    header = (
+        f"{'fault':<8} {'ours heard':>11} {'pipecat heard':>14} {'dead air ms':>12} {'swap ms':>9}"
+    )
     print(header)
     print("-" * len(header))
     for fault in FAULTS:

@@ -158,7 +158,9 @@ async def main():
         f"{sum(1.0 <= d < HANG for d in draws)} slow (1-3 s), p95 of answered {primary_p95 * 1000:.0f} ms; "
         f"backup p50 {backup_p50 * 1000:.0f} ms"
     )
-    print(f"goal for adaptive + hedging: p99 < 2 x (primary p95 + backup p50) = {goal * 1000:.0f} ms, extra requests < 6 %")
+    print(
+        f"goal for adaptive + hedging: p99 < 2 x (primary p95 + backup p50) = {goal * 1000:.0f} ms, extra requests < 6 %"
+    )
     print()
     header = f"{'configuration':<28} {'lost':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'extra %':>8}"
     print(header)

@@ -7,6 +7,7 @@ function of :mod:`pipecat_tts_failover.operator`.
 import argparse
 import asyncio
 import datetime
+import json
 import sys
 import time
 
@@ -31,14 +32,13 @@ def add_operator_commands(subparsers: argparse._SubParsersAction):
         return parser
 
     parser = command("status", "show every provider's health and the operator controls", _status)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
         "--providers", help="comma-separated provider ids (default: every provider the store knows)"
     )
     parser = command("mark-down", "take a provider out of new calls", _mark_down)
     parser.add_argument("provider")
-    parser.add_argument(
-        "--cooldown", type=_seconds, default=600.0, help="seconds (default: 600)"
-    )
+    parser.add_argument("--cooldown", type=_seconds, default=600.0, help="seconds (default: 600)")
     parser = command("mark-up", "put a provider back into new calls", _mark_up)
     parser.add_argument("provider")
     parser = command("pin", "start every new call on one provider", _pin)
@@ -96,6 +96,9 @@ def _ids(text: str | None) -> list[str] | None:
 
 async def _status(store, args) -> int:
     fleet = await operator.status(store, _ids(args.providers))
+    if args.json:
+        print(json.dumps(_as_json(fleet), indent=2))
+        return 0
     now = time.time()
     rows = []
     for h in fleet.providers:
@@ -117,6 +120,24 @@ async def _status(store, args) -> int:
     )
     _print_table(("provider", "state", "reason", "since", "left", "failures"), rows, footer)
     return 0
+
+
+def _as_json(fleet: operator.FleetStatus) -> dict:
+    return {
+        "providers": [
+            {
+                "provider": h.provider_id,
+                "state": "down" if h.down_until is not None else "up",
+                "reason": str(h.reason) if h.reason else None,
+                "since": h.since,
+                "down_until": h.down_until,
+                "failures": h.failures,
+            }
+            for h in fleet.providers
+        ],
+        "pinned": fleet.controls.pinned,
+        "failover_enabled": fleet.controls.failover_enabled,
+    }
 
 
 def _when(epoch: float | None) -> str:

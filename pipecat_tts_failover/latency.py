@@ -76,7 +76,9 @@ class AdaptiveTimeout:
 
     def __post_init__(self):
         if not 0 < self.quantile < 1:
-            raise ValueError(f"AdaptiveTimeout.quantile must be between 0 and 1, got {self.quantile}")
+            raise ValueError(
+                f"AdaptiveTimeout.quantile must be between 0 and 1, got {self.quantile}"
+            )
         if self.multiplier <= 0 or self.floor <= 0 or self.ceiling < self.floor:
             raise ValueError(
                 "AdaptiveTimeout needs multiplier > 0 and 0 < floor <= ceiling, got "

@@ -56,7 +56,9 @@ async def mark_down(
     """Take a provider out of new calls for ``cooldown`` seconds; True if it was up."""
     if cooldown <= 0:
         raise ValueError(f"cooldown must be a positive number of seconds, got {cooldown!r}")
-    return await store.mark_down(normalize_provider_id(provider_id), reason=reason, cooldown=cooldown)
+    return await store.mark_down(
+        normalize_provider_id(provider_id), reason=reason, cooldown=cooldown
+    )
 
 
 async def mark_up(store: HealthStore, provider_id: str) -> bool:
@@ -68,7 +70,9 @@ async def pin(store: HealthStore, provider_id: str) -> None:
     """Start every new call on one provider (failover still applies unless disabled)."""
     controls = await store.get_controls()
     await store.set_controls(
-        Controls(pinned=normalize_provider_id(provider_id), failover_enabled=controls.failover_enabled)
+        Controls(
+            pinned=normalize_provider_id(provider_id), failover_enabled=controls.failover_enabled
+        )
     )
 
 

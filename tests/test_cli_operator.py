@@ -46,20 +46,24 @@ def test_mark_down_shows_in_status_and_mark_up_clears_it(redis, prefix):
     assert "already down" in again
 
     status = cli("status", "--providers", "cartesia,elevenlabs", *on(redis, prefix)).stdout
-    lines = {line.split()[0]: line for line in status.splitlines() if line.strip()[:1].isalpha()}
-    assert "down" in lines["cartesia"] and "operator" in lines["cartesia"]
-    assert " up " in lines["elevenlabs"] + " "
+    assert "cartesia" in status and "operator" in status  # the table
+    rows = {row["provider"]: row for row in status_json(redis, prefix, "cartesia,elevenlabs")}
+    assert rows["cartesia"]["state"] == "down" and rows["cartesia"]["reason"] == "operator"
+    assert rows["elevenlabs"]["state"] == "up"
 
     assert "marked up" in cli("mark-up", "cartesia", *on(redis, prefix)).stdout
-    status = cli("status", "--providers", "cartesia", *on(redis, prefix)).stdout
-    assert "down" not in status.split("pinned")[0]
+    assert status_json(redis, prefix, "cartesia")[0]["state"] == "up"
+
+
+def status_json(redis, prefix, providers=None) -> list[dict]:
+    extra = ["--providers", providers] if providers else []
+    return json.loads(cli("status", "--json", *extra, *on(redis, prefix)).stdout)["providers"]
 
 
 def test_status_lists_every_known_provider_by_default(redis, prefix):
     cli("mark-down", "elevenlabs", *on(redis, prefix))
     cli("mark-down", "cartesia", *on(redis, prefix))
-    status = cli("status", *on(redis, prefix)).stdout
-    assert "cartesia" in status and "elevenlabs" in status
+    assert [row["provider"] for row in status_json(redis, prefix)] == ["cartesia", "elevenlabs"]
 
 
 def test_pin_kill_switch_and_reset_reach_the_store(redis, prefix):
@@ -80,7 +84,9 @@ def test_pin_kill_switch_and_reset_reach_the_store(redis, prefix):
         "asyncio.run(main())\n"
     )
     read = lambda: json.loads(  # noqa: E731
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        ).stdout
     )
     assert read() == ["elevenlabs", False]
 

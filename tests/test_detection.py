@@ -26,8 +26,15 @@ def test_digital_silence_and_dither_are_not_audible_but_speech_is():
 
 def test_error_classification():
     assert reason_for_error(None, raised=False, usable=True) is FailureReason.ERROR
-    assert reason_for_error(ErrorCategory.UNKNOWN, raised=True, usable=True) is FailureReason.EXCEPTION
+    assert (
+        reason_for_error(ErrorCategory.UNKNOWN, raised=True, usable=True) is FailureReason.EXCEPTION
+    )
     for category in (ErrorCategory.AUTHENTICATION, ErrorCategory.INVALID_REQUEST):
-        assert reason_for_error(category, raised=False, usable=True) is FailureReason.PERMANENT_ERROR
-    assert reason_for_error(ErrorCategory.SERVER, raised=False, usable=False) is FailureReason.PERMANENT_ERROR
+        assert (
+            reason_for_error(category, raised=False, usable=True) is FailureReason.PERMANENT_ERROR
+        )
+    assert (
+        reason_for_error(ErrorCategory.SERVER, raised=False, usable=False)
+        is FailureReason.PERMANENT_ERROR
+    )
     assert FailureReason.PERMANENT_ERROR.is_permanent and not FailureReason.STALLED.is_permanent

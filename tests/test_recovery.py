@@ -222,7 +222,9 @@ async def test_canary_call_that_speaks_marks_the_primary_up():
     await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=60)
     recorder = Recorder()
     services = providers()
-    tts = FailoverTTSService(services=services, store=store, canary_fraction=1.0, alerters=[recorder])
+    tts = FailoverTTSService(
+        services=services, store=store, canary_fraction=1.0, alerters=[recorder]
+    )
     await speak(tts, SENTENCES[:1])
     assert services["primary"].requests == SENTENCES[:1]
     assert (await store.get(["primary"]))["primary"].down_until is None

@@ -1,6 +1,5 @@
 """FailoverTTSService in real pipecat pipelines, with scripted pipecat TTS services as providers."""
 
-
 import pytest
 from pipecat.frames.frames import (
     AggregatedTextFrame,
@@ -77,7 +76,9 @@ async def speak_all(tts, sentences=SENTENCES, **harness_kwargs) -> PipelineHarne
 @pytest.mark.parametrize("fault", sorted(FAULT_REASONS))
 @pytest.mark.parametrize("at", [0, 2], ids=["first-sentence", "mid-call"])
 @pytest.mark.parametrize("websocket", [True, False], ids=["ws", "http"])
-async def test_every_sentence_is_heard_once_in_order_when_primary_fails(store, fault, at, websocket):
+async def test_every_sentence_is_heard_once_in_order_when_primary_fails(
+    store, fault, at, websocket
+):
     # A stall comes after the first word; every other fault before any audio.
     words_before_fault = 1 if fault == "stall" else 0
     services = providers(
@@ -104,7 +105,10 @@ async def test_every_sentence_is_heard_once_in_order_when_primary_fails(store, f
     # sentence (from the first word not heard) and every sentence after it.
     failed = SENTENCES[at].split()
     assert services["primary"].requests == SENTENCES[: at + 1]
-    assert services["secondary"].requests == [" ".join(failed[words_before_fault:])] + SENTENCES[at + 1 :]
+    assert (
+        services["secondary"].requests
+        == [" ".join(failed[words_before_fault:])] + SENTENCES[at + 1 :]
+    )
     by_primary = sum(len(s.split()) for s in SENTENCES[:at]) + words_before_fault
     assert speakers(h) == [0] * by_primary + [1] * (len(ALL_WORDS) - by_primary)
 
@@ -143,7 +147,7 @@ async def test_mid_sentence_error_without_word_timestamps_replays_whole_sentence
     # how far its playback had got; the whole sentence follows from the backup.
     words = heard(h)
     replayed_from = len(words) - len(s1 + s2 + s3)
-    assert words[:len(s0)] == s0 and words[replayed_from:] == s1 + s2 + s3
+    assert words[: len(s0)] == s0 and words[replayed_from:] == s1 + s2 + s3
     assert words[len(s0) : replayed_from] == s1[: replayed_from - len(s0)]
     assert replayed_from - len(s0) <= 2
 
@@ -211,7 +215,7 @@ async def test_after_threshold_call_stays_on_backup_and_store_marks_primary_down
         ("primary", "secondary", FailureReason.ERROR),
     ]
     assert tts.active_provider == "secondary"
-    health = (await store.get(["primary", "secondary"]))
+    health = await store.get(["primary", "secondary"])
     assert health["primary"].down_until is not None
     assert health["primary"].reason is FailureReason.ERROR
     assert health["secondary"].down_until is None
@@ -369,7 +373,9 @@ async def test_streamed_llm_reply_fails_over_sentence_by_sentence(store):
     # push-aggregation frame (the reply's end frame does that job).
     assert len(h.of(TTSStartedFrame)) == 1 and len(h.of(TTSStoppedFrame)) == 1
     assert not h.of(LLMAssistantPushAggregationFrame)
-    order = [type(f) for f in h.of(LLMFullResponseStartFrame, TTSStoppedFrame, LLMFullResponseEndFrame)]
+    order = [
+        type(f) for f in h.of(LLMFullResponseStartFrame, TTSStoppedFrame, LLMFullResponseEndFrame)
+    ]
     assert order == [LLMFullResponseStartFrame, TTSStoppedFrame, LLMFullResponseEndFrame]
     assert all(f.append_to_context for f in h.of(TTSTextFrame))
     assert services["secondary"].requests[0] == SENTENCES[1].split(maxsplit=1)[1]
@@ -437,7 +443,10 @@ def test_provider_ids_are_normalized_and_derived_from_service_classes():
 
     cartesia = CartesiaTTSService(api_key="k", settings=CartesiaTTSService.Settings(voice="v"))
     eleven = ElevenLabsTTSService(api_key="k", settings=ElevenLabsTTSService.Settings(voice="v"))
-    assert FailoverTTSService(services=[cartesia, eleven]).provider_ids == ["cartesia", "elevenlabs"]
+    assert FailoverTTSService(services=[cartesia, eleven]).provider_ids == [
+        "cartesia",
+        "elevenlabs",
+    ]
     http = CartesiaHttpTTSService(api_key="k", settings=CartesiaHttpTTSService.Settings(voice="v"))
     assert FailoverTTSService(services=[eleven, http]).provider_ids == ["elevenlabs", "cartesia"]
     # An unknown class keeps its own name, never another provider's.
@@ -467,13 +476,19 @@ async def test_listeners_hear_attempts_failovers_and_one_mark_down(store):
     recorder = Recorder()
     tts = failover(services, store, alerters=[recorder])
     await speak_all(tts, SENTENCES[:2])
-    attempts = [(e.provider_id, e.outcome) for e in recorder.events if isinstance(e, SentenceAttempted)]
+    attempts = [
+        (e.provider_id, e.outcome) for e in recorder.events if isinstance(e, SentenceAttempted)
+    ]
     assert attempts == [("primary", "error"), ("secondary", "spoken"), ("secondary", "spoken")]
     [hop] = [e for e in recorder.events if isinstance(e, FailedOver)]
     assert (hop.from_id, hop.to_id, hop.reason) == ("primary", "secondary", FailureReason.ERROR)
     assert 0 < hop.gap_seconds < 0.3
     [down] = [e for e in recorder.events if isinstance(e, ProviderDown)]
-    assert (down.provider_id, down.reason, down.failed_sentences) == ("primary", FailureReason.ERROR, 1)
+    assert (down.provider_id, down.reason, down.failed_sentences) == (
+        "primary",
+        FailureReason.ERROR,
+        1,
+    )
     assert down.error == "scripted provider error message"
 
     # The next call starts on the backup: nothing new to report.

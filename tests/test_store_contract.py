@@ -6,13 +6,14 @@ gives handles on one shared store (the same object in memory, new
 worker" means the same thing everywhere.
 """
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store import HealthStore, InMemoryHealthStore
+from pipecat_tts_failover.store import Controls, HealthStore, InMemoryHealthStore
 from tests.support.redis_server import (
     RedisCluster,
     RedisServer,
@@ -250,6 +251,144 @@ async def test_provider_ids_are_opaque_strings(store, clock):
     assert await store.mark_down(odd, reason=FailureReason.ERROR, cooldown=30)
 
     assert (await store.get([odd]))[odd].is_down(clock())
+
+
+# -- extend_down: a failed recovery probe keeps the provider down -------------
+
+
+async def test_extend_down_keeps_a_down_provider_down_longer(store, clock):
+    await store.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+    since = clock()
+    clock.advance(25)
+
+    assert await store.extend_down("cartesia", 60) is True
+
+    health = (await store.get(["cartesia"]))["cartesia"]
+    assert health.down_until == pytest.approx(clock() + 60)
+    # Not a new incident: when and why it went down stay.
+    assert health.since == pytest.approx(since)
+    assert health.reason is FailureReason.STALLED
+    clock.advance(59)
+    assert (await store.get(["cartesia"]))["cartesia"].is_down(clock())
+    clock.advance(2)
+    assert not (await store.get(["cartesia"]))["cartesia"].is_down(clock())
+
+
+async def test_extend_down_never_shortens_a_mark_down(store, clock):
+    await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=60)
+
+    assert await store.extend_down("cartesia", 10) is True
+
+    health = (await store.get(["cartesia"]))["cartesia"]
+    assert health.down_until == pytest.approx(clock() + 60)
+
+
+async def test_extend_down_of_a_provider_that_is_up_is_false_and_changes_nothing(store, clock):
+    assert await store.extend_down("cartesia", 30) is False
+    assert not (await store.get(["cartesia"]))["cartesia"].is_down(clock())
+
+    await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+    clock.advance(31)  # the mark-down ran out
+    assert await store.extend_down("cartesia", 30) is False
+    assert not (await store.get(["cartesia"]))["cartesia"].is_down(clock())
+    # Still up: the next mark-down is a new incident.
+    assert await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30) is True
+
+
+async def test_an_extended_mark_down_is_seen_through_another_handle(handles, clock):
+    writer, reader = handles(), handles()
+    await reader.get(PROVIDERS)
+    assert await writer.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+
+    clock.advance(20)
+    assert await reader.extend_down("cartesia", 60) is True
+
+    async def extended():
+        health = (await writer.get(["cartesia"]))["cartesia"]
+        return health.down_until == pytest.approx(clock() + 60)
+
+    await eventually(extended, what="the extension to reach the other handle")
+    # Still one incident: nobody else takes the provider down.
+    assert await writer.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30) is False
+
+
+# -- locks -----------------------------------------------------------------------
+
+
+async def test_a_lock_is_held_until_its_holder_releases_it(handles):
+    first, second = handles(), handles()
+
+    assert await first.try_lock("probe:cartesia", 30) is True
+    assert await second.try_lock("probe:cartesia", 30) is False
+    assert await first.try_lock("probe:cartesia", 30) is False  # not reentrant
+
+    await first.release_lock("probe:cartesia")
+
+    assert await second.try_lock("probe:cartesia", 30) is True
+    await second.release_lock("probe:cartesia")
+
+
+async def test_locks_with_different_names_are_independent(handles):
+    first, second = handles(), handles()
+
+    assert await first.try_lock("probe:cartesia", 30) is True
+    assert await second.try_lock("probe:elevenlabs", 30) is True
+    assert await second.try_lock("probe:cartesia", 30) is False
+
+
+async def test_a_lock_runs_out_after_its_ttl(handles, clock):
+    first, second = handles(), handles()
+    assert await first.try_lock("probe:cartesia", 0.2) is True
+
+    # Memory stores expire locks on their clock, Redis on its own.
+    clock.advance(0.3)
+    await asyncio.sleep(0.3)
+
+    assert await second.try_lock("probe:cartesia", 30) is True
+
+
+async def test_releasing_a_lock_not_held_is_harmless(store):
+    await store.release_lock("never-taken")
+
+    assert await store.try_lock("never-taken", 30) is True
+
+
+# -- operator controls -------------------------------------------------------------
+
+
+async def test_controls_default_to_no_pin_and_failover_enabled(store):
+    assert await store.get_controls() == Controls(pinned=None, failover_enabled=True)
+
+
+async def test_controls_set_through_one_handle_are_seen_through_every_handle(handles):
+    operator, worker = handles(), handles()
+    await worker.get_controls()  # started before the change: it must learn of it
+
+    await operator.set_controls(Controls(pinned="elevenlabs", failover_enabled=False))
+
+    assert await operator.get_controls() == Controls(pinned="elevenlabs", failover_enabled=False)
+
+    async def seen():
+        return await worker.get_controls() == Controls("elevenlabs", False)
+
+    await eventually(seen, what="the controls to reach the other handle")
+
+    await operator.set_controls(Controls())
+
+    async def cleared():
+        return await worker.get_controls() == Controls()
+
+    await eventually(cleared, what="the default controls to reach the other handle")
+
+
+async def test_controls_survive_the_round_trip_exactly(handles):
+    operator, late = handles(), handles()
+    odd = Controls(pinned="eleven labs/v2:{shard}*", failover_enabled=True)
+
+    await operator.set_controls(odd)
+
+    # A handle that starts after the change reads it at its start.
+    assert await late.get_controls() == odd
 
 
 async def test_close_is_safe_to_call_twice(handles):

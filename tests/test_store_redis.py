@@ -17,7 +17,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store import HealthStore
+from pipecat_tts_failover.errors import HealthStoreError
+from pipecat_tts_failover.store import Controls, HealthStore
 from pipecat_tts_failover.store._redis_scripts import Keys, script_source
 from pipecat_tts_failover.store.redis import RedisHealthStore, mask_url
 from tests.support.redis_server import (
@@ -224,6 +225,86 @@ async def test_get_answers_from_the_local_view_without_a_round_trip(shared_serve
 
     assert after - before <= 2  # our own INFO, and perhaps a subscription PING
     await raw.aclose()
+
+
+async def test_a_success_with_no_failures_known_makes_no_round_trip(shared_server, stores):
+    store = stores(shared_server.url)
+    assert await store.connect()
+    raw = aioredis.Redis.from_url(shared_server.url)
+
+    before = (await raw.info("stats"))["total_commands_processed"]
+    for _ in range(200):
+        await store.record_success("cartesia")
+    after = (await raw.info("stats"))["total_commands_processed"]
+    assert after - before <= 2  # our own INFO, and perhaps a subscription PING
+
+    # With failures known, the success still resets them for the fleet.
+    await store.record_failure("cartesia", FailureReason.ERROR)
+    await store.record_success("cartesia")
+    assert await raw.hget(f"{{{store._keys.prefix}}}:provider:cartesia", "failures") == b"0"
+    await raw.aclose()
+
+
+async def test_locks_and_controls_use_hash_tagged_keys_and_the_channel(shared_server, stores):
+    store = stores(shared_server.url, key_prefix="layout2")
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+    listener = raw.pubsub()
+    await listener.subscribe("{layout2}:events")
+    assert await store.connect()
+
+    assert await store.try_lock("probe:cartesia", 30)
+    assert 0 < await raw.pttl("{layout2}:lock:probe:cartesia") <= 30_000
+    await store.release_lock("probe:cartesia")
+    assert not await raw.exists("{layout2}:lock:probe:cartesia")
+
+    await store.set_controls(Controls(pinned="elevenlabs", failover_enabled=False))
+    record = await raw.hgetall("{layout2}:controls")
+    assert json.loads(record["value"]) == {"pinned": "elevenlabs", "failover_enabled": False}
+    message = await eventually(
+        lambda: listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+    )
+    assert json.loads(message["data"])["k"] == "controls"
+    await listener.aclose()
+    await raw.aclose()
+
+
+async def test_a_lock_that_ran_out_and_was_taken_by_another_is_not_released(shared_server, stores):
+    first, second, third = (stores(shared_server.url) for _ in range(3))
+
+    assert await first.try_lock("probe:cartesia", 0.1)
+    await asyncio.sleep(0.2)
+    assert await second.try_lock("probe:cartesia", 30)
+
+    await first.release_lock("probe:cartesia")  # too late: the lock is second's now
+
+    assert not await third.try_lock("probe:cartesia", 30)
+    await second.release_lock("probe:cartesia")
+    assert await third.try_lock("probe:cartesia", 30)
+
+
+async def test_controls_written_while_a_store_was_unsubscribed_are_read_on_resubscribe(
+    shared_server, stores
+):
+    store = stores(shared_server.url)
+    assert await store.connect()
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+    key = f"{{{store._keys.prefix}}}:controls"
+
+    # Written without a message, as if published while the store was away...
+    value = json.dumps({"pinned": "elevenlabs", "failover_enabled": True, "later": 1})
+    await raw.hset(key, mapping={"rev": 5, "value": value})
+    assert await store.get_controls() == Controls()
+    # ...then the subscription drops: the resynchronization brings them.
+    await raw.client_kill_filter(_type="pubsub")
+    await eventually(
+        lambda: _controls_are(store, Controls(pinned="elevenlabs")),
+        what="the controls to be read on resubscribe",
+    )
+    await raw.aclose()
+
+
+async def _controls_are(store, expected) -> bool:
+    return await store.get_controls() == expected
 
 
 async def test_a_client_passed_in_is_left_open(shared_server, stores):
@@ -478,6 +559,26 @@ async def test_a_slow_redis_does_not_slow_callers(server, stores):
     assert not await b.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
 
 
+async def test_a_failure_that_reached_a_slow_redis_is_counted_once(server, stores):
+    a = stores(server.url)
+    assert await a.connect()
+
+    sleeper = server.sleep(0.5)
+    try:
+        # Sent, but unanswered within op_timeout: the store counts it locally and
+        # owes it, while Redis runs the script once it wakes up.
+        assert await a.record_failure("cartesia", FailureReason.ERROR) == 1
+        assert not a.connected
+    finally:
+        await asyncio.to_thread(sleeper.wait, 5)
+
+    await eventually(lambda: a.connected, what="a to reconnect")
+    b = stores(server.url)
+    assert await b.connect()
+    assert (await b.get(["cartesia"]))["cartesia"].failures == 1
+    assert await a.record_failure("cartesia", FailureReason.ERROR) == 2
+
+
 async def test_changes_made_in_an_outage_are_written_back_in_order(server, stores):
     a = stores(server.url)
     assert await a.connect()
@@ -531,6 +632,104 @@ async def test_a_mark_up_owed_from_an_outage_keeps_a_later_mark_down(shared_serv
     await raw.aclose()
 
 
+async def test_an_extension_made_in_an_outage_is_written_back(server, stores):
+    a = stores(server.url)
+    assert await a.connect()
+    assert await a.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
+    until = (await a.get(["cartesia"]))["cartesia"].down_until
+
+    sleeper = server.sleep(1.0)
+    try:
+        extended, took = await timed(a.extend_down("cartesia", 300))
+        assert extended is True and took < PROMPT
+        assert not a.connected
+        assert (await a.get(["cartesia"]))["cartesia"].down_until > until + 200
+        assert await a.extend_down("elevenlabs", 300) is False  # up: nothing owed
+        assert sleeper.poll() is None, "Redis woke up before the test was done"
+    finally:
+        await asyncio.to_thread(sleeper.wait, 5)
+
+    await eventually(lambda: a.connected, what="a to reconnect")
+    b = stores(server.url)
+    assert await b.connect()
+    health = await b.get(["cartesia", "elevenlabs"])
+    assert health["cartesia"].down_until > until + 200
+    assert health["cartesia"].reason is FailureReason.STALLED
+    assert health["elevenlabs"].down_until is None
+
+
+async def test_in_an_outage_no_lock_is_taken_and_controls_stay_as_last_known(server, stores):
+    a = stores(server.url)
+    assert await a.connect()
+    await a.set_controls(Controls(pinned="elevenlabs"))
+    assert await a.try_lock("probe:elevenlabs", 30)
+
+    server.kill()
+    taken, took = await timed(a.try_lock("probe:cartesia", 30))
+    assert taken is False and took < PROMPT
+    _, took = await timed(a.release_lock("probe:elevenlabs"))
+    assert took < PROMPT
+    controls, took = await timed(a.get_controls())
+    assert controls == Controls(pinned="elevenlabs") and took < PROMPT
+    # An operator's change must not be lost quietly.
+    with pytest.raises(HealthStoreError, match="could not set the controls"):
+        await a.set_controls(Controls(failover_enabled=False))
+    assert await a.get_controls() == Controls(pinned="elevenlabs")
+
+    server.start()  # empty
+    await eventually(lambda: a.connected, what="a to reconnect")
+    assert await a.try_lock("probe:cartesia", 30)
+    # Redis lost the controls; the store wrote back the ones it knew.
+    late = stores(server.url)
+    assert await late.get_controls() == Controls(pinned="elevenlabs")
+    await a.set_controls(Controls(failover_enabled=False))
+    await eventually(lambda: _controls_are(late, Controls(failover_enabled=False)))
+
+
+async def test_setting_controls_on_a_slow_redis_waits_for_it(server, stores):
+    a, b = stores(server.url), stores(server.url)
+    assert await a.connect() and await b.connect()
+
+    sleeper = server.sleep(0.5)
+    try:
+        await a.set_controls(Controls(pinned="elevenlabs"))  # waits out the sleep
+    finally:
+        await asyncio.to_thread(sleeper.wait, 5)
+
+    await eventually(lambda: _controls_are(b, Controls(pinned="elevenlabs")))
+
+
+async def test_set_controls_after_close_raises(shared_server, stores):
+    store = stores(shared_server.url)
+    await store.close()
+
+    with pytest.raises(HealthStoreError, match="closed"):
+        await store.set_controls(Controls())
+    with pytest.raises(TypeError, match="Controls"):
+        await stores(shared_server.url).set_controls({"pinned": None})
+
+
+async def test_a_busy_event_loop_never_ends_the_caller_s_task(shared_server, stores):
+    # When the loop is busy past op_timeout, the deadline and Redis's reply land in
+    # the same loop iteration; on Python 3.11 redis-py then raises a CancelledError
+    # subclass, which must not escape (it would end a processor's store writer).
+    store = stores(shared_server.url)
+    assert await store.connect()
+    escaped = []
+    for i in range(40):
+        call = asyncio.create_task(store.record_failure("cartesia", FailureReason.ERROR))
+        for _ in range(i % 5):  # let it get to different points of the round trip
+            await asyncio.sleep(0)
+        time.sleep(OP_TIMEOUT + 0.01)  # noqa: ASYNC251 - the point: a blocked loop
+        try:
+            assert await call >= 1
+        except asyncio.CancelledError as e:
+            escaped.append(type(e).__name__)
+        await asyncio.sleep(0.005)
+
+    assert escaped == []
+
+
 async def test_an_outage_is_logged_once_and_the_recovery_once(server, stores):
     store = stores(server.url)
     assert await store.connect()
@@ -581,8 +780,22 @@ async def test_cluster_keeps_every_key_in_one_slot_and_propagates(cluster, store
     await eventually(lambda: is_down(b, "cartesia"))
     assert not await b.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
 
+    assert await a.try_lock("probe:cartesia", 30)
+    assert not await b.try_lock("probe:cartesia", 30)
+    await a.release_lock("probe:cartesia")
+    assert await b.try_lock("probe:cartesia", 30)
+    await a.set_controls(Controls(pinned="elevenlabs"))
+    await eventually(lambda: _controls_are(b, Controls(pinned="elevenlabs")))
+
     raw = aioredis.Redis.from_url(cluster.url)
-    keys = ["{fleet}:provider:cartesia", "{fleet}:providers", "{fleet}:epoch", "{fleet}:events"]
+    keys = [
+        "{fleet}:provider:cartesia",
+        "{fleet}:providers",
+        "{fleet}:epoch",
+        "{fleet}:controls",
+        "{fleet}:lock:probe:cartesia",
+        "{fleet}:events",
+    ]
     slots = {await raw.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}
     assert len(slots) == 1
     await raw.aclose()

@@ -12,7 +12,14 @@ from pipecat_tts_failover.store.memory import InMemoryHealthStore, default_store
 if TYPE_CHECKING:
     from pipecat_tts_failover.store.redis import RedisHealthStore as RedisHealthStore
 
-__all__ = ["Clock", "Controls", "HealthStore", "InMemoryHealthStore", "ProviderHealth", "default_store"]
+__all__ = [
+    "Clock",
+    "Controls",
+    "HealthStore",
+    "InMemoryHealthStore",
+    "ProviderHealth",
+    "default_store",
+]
 
 
 def __getattr__(name: str) -> Any:

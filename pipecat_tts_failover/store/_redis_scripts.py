@@ -6,7 +6,14 @@ the scripts may touch several at once::
     {tts-failover}:provider:<id>   hash: rev, failures, down_until, reason, since
     {tts-failover}:providers       set of the provider ids ever written
     {tts-failover}:epoch           token set once per dataset (detects data loss)
-    {tts-failover}:events          pub/sub channel: one JSON record per change
+    {tts-failover}:controls        hash: rev, value (the operator's controls as JSON)
+    {tts-failover}:lock:<name>     string: the holder's token, with a TTL
+    {tts-failover}:counted:<id>    a failed sentence already counted (expires)
+    {tts-failover}:events          pub/sub channel: one JSON message per change
+
+A message is a provider's record (``{"p": id, "rev", "failures", ...}``) or
+the controls (``{"k": "controls", "rev", "value"}``); a store ignores what it
+does not understand, so versions can share a channel.
 
 Times are wall-clock seconds from the writing store's clock, passed to the
 scripts as arguments (not Redis ``TIME``), so the local view and Redis agree
@@ -20,11 +27,14 @@ from importlib import resources
 from typing import Any
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store._redis_view import Revision
-from pipecat_tts_failover.store.base import ProviderHealth
+from pipecat_tts_failover.store._redis_view import ControlsRevision, Revision
+from pipecat_tts_failover.store.base import Controls, ProviderHealth
 
-SCRIPT_NAMES = ("record_failure", "record_success", "mark_down", "mark_up", "snapshot")
-"""The Lua scripts under ``store/lua/``; all but ``snapshot`` share ``common.lua``."""
+RECORD_SCRIPTS = ("record_failure", "record_success", "mark_down", "mark_up", "extend_down")
+"""The scripts that change one provider's record; they share ``common.lua``."""
+
+SCRIPT_NAMES = (*RECORD_SCRIPTS, "snapshot", "set_controls", "release_lock")
+"""Every Lua script under ``store/lua/``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +69,29 @@ class Keys:
         return f"{self.tag}:epoch"
 
     @property
+    def controls(self) -> str:
+        """The hash holding the operator's controls."""
+        return f"{self.tag}:controls"
+
+    def counted(self, failure_id: str) -> str:
+        """The marker of a failed sentence Redis has counted."""
+        return f"{self.tag}:counted:{failure_id}"
+
+    def lock(self, name: str) -> str:
+        """The key of a named lock."""
+        return f"{self.tag}:lock:{name}"
+
+    @property
     def channel(self) -> str:
         """The pub/sub channel changes are published on."""
         return f"{self.tag}:events"
 
 
 def script_source(name: str) -> str:
-    """The Lua source of one script, with the shared helpers prepended."""
+    """The Lua source of one script, with the shared helpers prepended to record scripts."""
     lua = resources.files("pipecat_tts_failover.store").joinpath("lua")
     body = lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    if name == "snapshot":
+    if name not in RECORD_SCRIPTS:
         return body
     return lua.joinpath("common.lua").read_text(encoding="utf-8") + "\n" + body
 
@@ -79,7 +102,7 @@ class Reply:
 
     Parameters:
         changed: The script's verdict (the transition happened; for
-            ``mark_up``: the provider was down).
+            ``mark_up`` and ``extend_down``: the provider was down).
         revision: The provider's record after the script.
     """
 
@@ -97,24 +120,78 @@ def parse_reply(provider_id: str, raw: Sequence[Any]) -> Reply:
     return Reply(bool(int(raw[0])), _revision(provider_id, raw[1:]))
 
 
-def parse_snapshot(raw: Sequence[Any]) -> tuple[str, list[Revision]]:
-    """Parse the snapshot script's reply into the epoch and every record."""
-    epoch = _text(raw[0])
-    return epoch, [_revision(_text(row[0]), row[1:]) for row in raw[1:]]
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the snapshot script read.
+
+    Parameters:
+        epoch: The dataset's epoch token.
+        controls: The operator's controls (revision 0 if never set).
+        revisions: Every provider's record.
+    """
+
+    epoch: str
+    controls: ControlsRevision
+    revisions: list[Revision]
 
 
-def parse_message(data: str | bytes) -> Revision:
-    """Parse a change published on the channel.
+def parse_snapshot(raw: Sequence[Any]) -> Snapshot:
+    """Parse ``{epoch, {controls rev, controls value}, {id, rev, ...}, ...}``."""
+    rev, value = raw[1]
+    try:
+        controls = decode_controls(value)
+    except ValueError:
+        # Written by hand, or by a version whose format this one cannot read.
+        controls = Controls()
+    return Snapshot(
+        _text(raw[0]),
+        ControlsRevision(controls, int(rev or 0)),
+        [_revision(_text(row[0]), row[1:]) for row in raw[2:]],
+    )
+
+
+def parse_message(data: str | bytes) -> Revision | ControlsRevision:
+    """Parse a change published on the channel: a provider's record, or the controls.
 
     Raises:
-        ValueError: The message is not a record this version understands.
+        ValueError: The message is not one this version understands.
     """
     try:
         m = json.loads(data)
+        if m.get("k") == "controls":
+            return ControlsRevision(decode_controls(m["value"]), int(m["rev"]))
         fields = [m["rev"], m["failures"], m.get("down_until"), m.get("reason"), m.get("since")]
         return _revision(str(m["p"]), fields)
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
+    except (AttributeError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"unexpected health message: {e!r}") from e
+
+
+def encode_controls(controls: Controls) -> str:
+    """The controls as the JSON object kept in Redis."""
+    return json.dumps({"pinned": controls.pinned, "failover_enabled": controls.failover_enabled})
+
+
+def decode_controls(value: str | bytes | None) -> Controls:
+    """Read controls written by :func:`encode_controls`; None (never set) gives the defaults.
+
+    Fields this version does not know are ignored; missing ones take their defaults.
+
+    Raises:
+        ValueError: ``value`` is not a JSON object with fields of the right types.
+    """
+    if value is None:
+        return Controls()
+    try:
+        fields = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"controls are not JSON: {e}") from e
+    if not isinstance(fields, dict):
+        raise ValueError(f"controls are not a JSON object: {value!r}")  # noqa: TRY004 - bad data
+    pinned = fields.get("pinned")
+    enabled = fields.get("failover_enabled", True)
+    if not (pinned is None or isinstance(pinned, str)) or not isinstance(enabled, bool):
+        raise ValueError(f"controls have fields of the wrong type: {value!r}")
+    return Controls(pinned=pinned, failover_enabled=enabled)
 
 
 def decode_ids(raw: Any) -> list[str]:

@@ -1,4 +1,4 @@
-"""The local view a RedisHealthStore answers from, and the writes it owes Redis.
+"""The local view a RedisHealthStore answers from (records, controls) and the writes it owes Redis.
 
 Pure bookkeeping, no I/O: ``RedisHealthStore`` feeds the view from Redis's
 replies and published changes, and changes it directly (recording what it
@@ -7,10 +7,10 @@ owes) while Redis is away.
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store.base import ProviderHealth
+from pipecat_tts_failover.store.base import Controls, ProviderHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +27,21 @@ class Revision:
     rev: int
 
 
+@dataclass(frozen=True, slots=True)
+class ControlsRevision:
+    """The operator's controls as Redis last reported them.
+
+    Parameters:
+        controls: The controls.
+        rev: Redis's revision of them (0: never set).
+    """
+
+    controls: Controls
+    rev: int
+
+
 class LocalView:
-    """Every provider's last known record.
+    """Every provider's last known record, and the operator's controls.
 
     Changes made while Redis is away (``count_failure``, ``mark_down``...)
     follow the in-memory store's semantics and keep the record's revision, so
@@ -37,6 +50,28 @@ class LocalView:
 
     def __init__(self):
         self._records: dict[str, Revision] = {}
+        self._controls = ControlsRevision(Controls(), 0)
+
+    @property
+    def controls(self) -> ControlsRevision:
+        """The operator's controls and their revision."""
+        return self._controls
+
+    @property
+    def provider_ids(self) -> list[str]:
+        """Every provider with a record."""
+        return sorted(self._records)
+
+    def apply_controls(self, revision: ControlsRevision) -> bool:
+        """Take controls from Redis unless the view already has newer ones.
+
+        Returns:
+            Whether the view changed.
+        """
+        if revision.rev <= self._controls.rev:
+            return False
+        self._controls = revision
+        return True
 
     def get(self, provider_id: str, now: float) -> ProviderHealth:
         """The provider's record at ``now``; a mark-down that has run out reads as up."""
@@ -61,9 +96,10 @@ class LocalView:
         self._records[pid] = revision
         return True
 
-    def replace(self, revisions: Iterable[Revision]):
+    def replace(self, revisions: Iterable[Revision], controls: ControlsRevision):
         """Forget everything and take a full snapshot from Redis."""
         self._records = {r.health.provider_id: r for r in revisions}
+        self._controls = controls
 
     def active_mark_downs(self, now: float) -> list[ProviderHealth]:
         """The records whose mark-down is in force at ``now``."""
@@ -99,6 +135,22 @@ class LocalView:
         self._set(health)
         return health
 
+    def extend_down(self, provider_id: str, *, down_until: float, now: float) -> tuple[bool, bool]:
+        """Keep a provider that is down at ``now`` marked down until at least ``down_until``.
+
+        Returns:
+            ``(was_down, changed)``: whether it was down at ``now``, and whether
+            its mark-down now ends later.
+        """
+        health = self.get_raw(provider_id)
+        if not health.is_down(now):
+            return False, False
+        assert health.down_until is not None
+        if down_until <= health.down_until:
+            return True, False
+        self._set(dataclasses.replace(health, down_until=down_until))
+        return True, True
+
     def mark_up(self, provider_id: str, now: float) -> tuple[bool, bool]:
         """Clear a provider's mark-down and failure count locally.
 
@@ -129,14 +181,18 @@ class Owed:
     Parameters:
         mark_down: A mark-down to write, with its absolute times.
         mark_up_at: Or the wall-clock time of a mark-up to write.
+        extend_to: Then keep a mark-down Redis already holds until this
+            wall-clock time (a recovery probe failed while Redis was away).
         reset: Reset the failure count (a success or a mark-up happened).
-        failures: Then add this many failed sentences.
+        failures: Then add these failed sentences, by their ids (so a
+            failure Redis already counted is not counted twice).
     """
 
     mark_down: ProviderHealth | None = None
     mark_up_at: float | None = None
+    extend_to: float | None = None
     reset: bool = False
-    failures: int = 0
+    failures: list[str] = field(default_factory=list)
 
     def then(self, later: "Owed") -> "Owed":
         """The writes owed for this followed by ``later``."""
@@ -144,9 +200,14 @@ class Owed:
         return Owed(
             mark_down=later.mark_down if marked else self.mark_down,
             mark_up_at=later.mark_up_at if marked else self.mark_up_at,
+            extend_to=later.extend_to if marked else _latest(self.extend_to, later.extend_to),
             reset=self.reset or later.reset,
             failures=later.failures if later.reset else self.failures + later.failures,
         )
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 class PendingWrites:
@@ -158,9 +219,9 @@ class PendingWrites:
     def __len__(self) -> int:
         return len(self._owed)
 
-    def failure(self, provider_id: str):
-        """A failed sentence was counted locally."""
-        self._owed.setdefault(provider_id, Owed()).failures += 1
+    def failure(self, provider_id: str, failure_id: str):
+        """A failed sentence was counted locally; ``failure_id`` names it for Redis."""
+        self._owed.setdefault(provider_id, Owed()).failures.append(failure_id)
 
     def success(self, provider_id: str):
         """The failure count was reset locally."""
@@ -170,6 +231,16 @@ class PendingWrites:
         """A provider was marked down locally (``health`` carries its times)."""
         owed = self._owed.get(health.provider_id, Owed())
         self._owed[health.provider_id] = owed.then(Owed(mark_down=health))
+
+    def extend_down(self, provider_id: str, down_until: float):
+        """A provider's mark-down was extended locally to ``down_until``."""
+        owed = self._owed.setdefault(provider_id, Owed())
+        if owed.mark_down is not None:
+            # Not yet written: write it with its new end (it may outlast the old one).
+            end = _latest(owed.mark_down.down_until, down_until)
+            owed.mark_down = dataclasses.replace(owed.mark_down, down_until=end)
+        else:
+            owed.extend_to = _latest(owed.extend_to, down_until)
 
     def mark_up(self, provider_id: str, at: float):
         """A provider was marked up locally at ``at``."""

@@ -10,11 +10,12 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 import asyncio
 import enum
 import functools
+import math
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -22,19 +23,27 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.errors import HealthStoreError
 from pipecat_tts_failover.store._redis_client import OwnedClient, make_client, mask_url, redact
 from pipecat_tts_failover.store._redis_scripts import (
     SCRIPT_NAMES,
     Keys,
     Reply,
     decode_ids,
+    encode_controls,
     parse_message,
     parse_reply,
     parse_snapshot,
     script_source,
 )
-from pipecat_tts_failover.store._redis_view import LocalView, Owed, PendingWrites
-from pipecat_tts_failover.store.base import Clock, ProviderHealth, wall_clock
+from pipecat_tts_failover.store._redis_view import (
+    ControlsRevision,
+    LocalView,
+    Owed,
+    PendingWrites,
+    Revision,
+)
+from pipecat_tts_failover.store.base import Clock, Controls, ProviderHealth, wall_clock
 
 __all__ = ["RedisHealthStore", "mask_url"]
 
@@ -42,6 +51,14 @@ __all__ = ["RedisHealthStore", "mask_url"]
 _HEARTBEAT = 5.0
 # First delay before reconnecting; it doubles up to max_reconnect_delay.
 _FIRST_RETRY_DELAY = 0.05
+# What a caller's Redis call returns when it failed (None is a valid reply).
+_FAILED: Any = object()
+_T = TypeVar("_T")
+# How long Redis remembers that it counted a failed sentence: longer than a store
+# takes to write back after Redis answers again.
+_COUNTED_TTL = 300
+# Failed sentences written back per script call.
+_WRITE_BACK_BATCH = 200
 
 
 class _Link(enum.Enum):
@@ -68,13 +85,23 @@ class RedisHealthStore:
     resynchronizes and logs once more (INFO). While Redis is away each worker
     decides mark-downs on its own, so one incident may alert once per worker.
 
+    The operator's controls are published too and read from the view, so
+    ``get_controls()`` costs no round trip. ``set_controls()`` is an
+    operator's action, not a call's: it waits up to a few seconds for Redis
+    and raises :class:`~pipecat_tts_failover.errors.HealthStoreError` if
+    Redis cannot take it. Locks (``try_lock``) are ``SET NX PX`` with a token
+    of this store's, released only by their holder; while Redis is away no
+    lock can be proven, so ``try_lock`` returns False at once.
+
     Nothing touches the network until the first call (or :meth:`connect`).
     Expiry uses wall-clock times from ``clock`` passed to the scripts, so
-    workers' clocks should agree (NTP) to well under a cooldown.
+    workers' clocks should agree (NTP) to well under a cooldown. Locks expire
+    on Redis's own clock.
 
     Keys share one hash tag (``{tts-failover}:provider:cartesia``,
-    ``{tts-failover}:providers``, ``{tts-failover}:epoch``) and changes are
-    published on ``{tts-failover}:events``; see ``_redis_scripts``.
+    ``{tts-failover}:providers``, ``{tts-failover}:epoch``,
+    ``{tts-failover}:controls``, ``{tts-failover}:lock:<name>``) and changes
+    are published on ``{tts-failover}:events``; see ``_redis_scripts``.
 
     Args:
         url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
@@ -91,7 +118,8 @@ class RedisHealthStore:
         op_timeout: Seconds one Redis call made for a caller may take before
             the store falls back to its local view.
         socket_timeout: Socket connect and read timeout of the client the
-            store creates; bounds background work.
+            store creates; bounds background work. ``set_controls`` waits
+            ``max(2, 2 * socket_timeout)`` seconds.
         max_reconnect_delay: Longest wait between reconnection attempts.
         connection_options: More keyword arguments for the client the store
             creates (``ssl_ca_certs``, ``username``, ``password``...).
@@ -105,7 +133,7 @@ class RedisHealthStore:
     Example::
 
         store = RedisHealthStore("rediss://tts:secret@redis.internal:6380/0")
-        tts = FailoverTTSService(providers=[...], store=store)
+        tts = FailoverTTSService(services=[...], store=store)
         ...
         await store.close()
     """
@@ -162,12 +190,14 @@ class RedisHealthStore:
         self._keys = Keys(key_prefix)
         self._scripts = {n: self._client.register_script(_source(n)) for n in SCRIPT_NAMES}
         self._op_timeout = op_timeout
-        self._sync_timeout = max(2.0, 2 * socket_timeout)
+        self._sync_timeout = max(2.0, 2 * socket_timeout)  # background and operator work
         self._max_reconnect_delay = max_reconnect_delay
         self._clock = clock
 
         self._view = LocalView()
         self._pending = PendingWrites()
+        self._owed_controls: Controls | None = None  # to restore if Redis lost them
+        self._locks: dict[str, str] = {}  # lock name -> the token we hold it with
         self._link = _Link.CONNECTING
         self._generation = 0  # bumped on each (re)connection, to ignore stale failures
         self._epoch: str | None = None
@@ -215,18 +245,34 @@ class RedisHealthStore:
         now = self._clock()
         return {pid: self._view.get(pid, now) for pid in provider_ids}
 
+    async def known_providers(self) -> list[str]:
+        """Every provider the fleet has a record of (from the local view)."""
+        await self._ready()
+        return self._view.provider_ids
+
     async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
         """Count a failed sentence; return the fleet's consecutive failure count."""
+        failure_id = uuid.uuid4().hex
         if await self._ready():
-            reply = await self._run("record_failure", provider_id, 1)
+            reply = await self._run("record_failure", provider_id, _COUNTED_TTL, ids=[failure_id])
             if reply is not None:
                 return reply.failures
-        self._pending.failure(provider_id)
+        # If the script reached Redis after all (a slow Redis), its marker keeps
+        # the write-back from counting the failure twice.
+        self._pending.failure(provider_id, failure_id)
         return self._view.count_failure(provider_id)
 
     async def record_success(self, provider_id: str) -> None:
-        """Reset the consecutive failure count after a spoken sentence."""
-        if await self._ready() and await self._run("record_success", provider_id) is not None:
+        """Reset the consecutive failure count after a spoken sentence.
+
+        No round trip when the local view already shows no failures, as it does
+        after almost every sentence. (A failure another worker recorded a moment
+        ago may then stand until the next success seen with it.)
+        """
+        online = await self._ready()
+        if not self._view.get_raw(provider_id).failures:
+            return
+        if online and await self._run("record_success", provider_id) is not None:
             return
         if self._view.reset_failures(provider_id):
             self._pending.success(provider_id)
@@ -261,6 +307,92 @@ class RedisHealthStore:
             self._pending.mark_up(provider_id, now)
         return was_down
 
+    async def extend_down(self, provider_id: str, cooldown: float) -> bool:
+        """Keep a provider that is down marked down until at least ``cooldown`` seconds from now.
+
+        Not a new incident: ``reason`` and ``since`` stay. While Redis is away
+        the extension is made in the local view and written back later.
+
+        Returns:
+            True if it was down, False if it was up (then nothing changes).
+        """
+        now = self._clock()
+        if await self._ready():
+            reply = await self._run("extend_down", provider_id, now, now + cooldown)
+            if reply is not None:
+                return reply.changed
+        was_down, changed = self._view.extend_down(provider_id, down_until=now + cooldown, now=now)
+        if changed:
+            self._pending.extend_down(provider_id, now + cooldown)
+        return was_down
+
+    async def try_lock(self, name: str, ttl: float) -> bool:
+        """Take a named lock for ``ttl`` seconds; False while someone else holds it.
+
+        False at once, too, while Redis is away: a lock that cannot be proven
+        is not taken.
+        """
+        if not await self._ready():
+            return False
+        token = uuid.uuid4().hex
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        key = self._keys.lock(name)
+        taken = await self._call(lambda: self._client.set(key, token, nx=True, px=ttl_ms))
+        if taken is _FAILED or not taken:
+            return False
+        self._locks[name] = token
+        return True
+
+    async def release_lock(self, name: str) -> None:
+        """Release a named lock this store holds; a lock someone else holds is left alone.
+
+        While Redis is away the lock is left to run out.
+        """
+        token = self._locks.pop(name, None)
+        if token is None or not await self._ready():
+            return
+        await self._call(
+            lambda: self._scripts["release_lock"](
+                keys=[self._keys.lock(name)], args=[token], client=self._client
+            )
+        )
+
+    async def get_controls(self) -> Controls:
+        """The operator's controls for new calls, from the local view (no round trip).
+
+        While Redis is away: the last controls the store heard of.
+        """
+        await self._ready()
+        return self._view.controls.controls
+
+    async def set_controls(self, controls: Controls) -> None:
+        """Replace the operator's controls; every worker's view has them within milliseconds.
+
+        Raises:
+            TypeError: ``controls`` is not a ``Controls``.
+            HealthStoreError: The store is closed, or Redis did not take the
+                controls within a few seconds.
+        """
+        if not isinstance(controls, Controls):
+            raise TypeError(f"controls must be a Controls, not {type(controls).__name__}")
+        if self._closed:
+            raise HealthStoreError(f"{self!r} is closed")
+        self._start()
+        generation = self._generation
+        try:
+            rev = await _within(self._sync_timeout, self._write_controls(controls, restore=False))
+        except Exception as e:  # noqa: BLE001 - any failure is the operator's to see
+            self._lose(e, generation)
+            # Not chained: the description is the redacted form of ``e``.
+            raise HealthStoreError(
+                f"{self!r}: could not set the controls: {self._describe(e, self._sync_timeout)}"
+            ) from None
+        self._view.apply_controls(ControlsRevision(controls, rev))
+        logger.info(
+            f"{self!r}: controls set: pinned={controls.pinned}, "
+            f"failover_enabled={controls.failover_enabled}"
+        )
+
     async def close(self) -> None:
         """Stop the background task and close the client if the store created it.
 
@@ -281,7 +413,7 @@ class RedisHealthStore:
         if self._owned is not None:
             try:
                 await self._owned.aclose()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - closing must not fail the caller
                 logger.debug(f"{self!r}: closing the Redis client failed: {self._describe(e)}")
 
     # -- callers' side ------------------------------------------------------
@@ -303,21 +435,39 @@ class RedisHealthStore:
                 pass
         return self._link is _Link.ONLINE
 
-    async def _run(self, name: str, provider_id: str, *args: Any) -> Reply | None:
+    async def _run(
+        self, name: str, provider_id: str, *args: Any, ids: Sequence[str] = ()
+    ) -> Reply | None:
         """Run a record script for a caller; None (and offline) if Redis failed it."""
-        generation = self._generation
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                raw = await self._script(name, provider_id, *args)
-        except Exception as e:
-            self._lose(e, generation)
+        raw = await self._call(lambda: self._script(name, provider_id, *args, ids=ids))
+        if raw is _FAILED:
             return None
         reply = parse_reply(provider_id, raw)
         self._view.apply(reply.revision)
         return reply
 
-    async def _script(self, name: str, provider_id: str, *args: Any) -> Any:
-        keys = [self._keys.provider(provider_id), self._keys.index]
+    async def _call(self, command: Callable[[], Awaitable[Any]]) -> Any:
+        """Run one Redis call for a caller within ``op_timeout``; ``_FAILED`` (and offline) if it failed."""
+        generation = self._generation
+        try:
+            return await _within(self._op_timeout, command())
+        except Exception as e:  # noqa: BLE001 - whatever Redis does, the caller goes on
+            self._lose(e, generation)
+            return _FAILED
+
+    async def _write_controls(self, controls: Controls, *, restore: bool) -> int:
+        """Write (or with ``restore``, write only if Redis has none) the controls; their revision."""
+        rev = await self._scripts["set_controls"](
+            keys=[self._keys.controls],
+            args=[self._keys.channel, encode_controls(controls), "1" if restore else ""],
+            client=self._client,
+        )
+        return int(rev)
+
+    async def _script(
+        self, name: str, provider_id: str, *args: Any, ids: Sequence[str] = ()
+    ) -> Any:
+        keys = [self._keys.provider(provider_id), self._keys.index, *map(self._keys.counted, ids)]
         args = (self._keys.channel, provider_id, *args)
         return await self._scripts[name](keys=keys, args=args, client=self._client)
 
@@ -335,8 +485,8 @@ class RedisHealthStore:
             "answering from the local view and reconnecting in the background"
         )
 
-    def _describe(self, error: Exception) -> str:
-        text = str(error) or f"no reply within {self._op_timeout:g}s"
+    def _describe(self, error: Exception, timeout: float | None = None) -> str:
+        text = str(error) or f"no reply within {timeout or self._op_timeout:g}s"
         return redact(f"{type(error).__name__}: {text}", self._secrets)
 
     # -- the link task ------------------------------------------------------
@@ -347,21 +497,24 @@ class RedisHealthStore:
         while True:
             pubsub = None
             try:
-                async with asyncio.timeout(self._sync_timeout):
-                    if isinstance(self._client, RedisCluster):
-                        await self._client.initialize()  # its pubsub needs the slot map
-                    pubsub = self._client.pubsub()
-                    await pubsub.subscribe(self._keys.channel)
-                    await self._sync()
+                if isinstance(self._client, RedisCluster):
+                    # Its pubsub needs the slot map.
+                    await _within(self._sync_timeout, self._client.initialize())
+                pubsub = self._client.pubsub()
+                await _within(self._sync_timeout, self._subscribe(pubsub))
                 delay = _FIRST_RETRY_DELAY
                 await self._listen(pubsub)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure means: reconnect
                 self._lose(e)
             finally:
                 if pubsub is not None:
                     await self._close_pubsub(pubsub)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._max_reconnect_delay)
+
+    async def _subscribe(self, pubsub: PubSub):
+        await pubsub.subscribe(self._keys.channel)
+        await self._sync()
 
     async def _sync(self):
         """Write back what is owed, then replace the view with Redis's records; go online."""
@@ -371,27 +524,34 @@ class RedisHealthStore:
             await self._flush()
             ids = decode_ids(await self._client.smembers(self._keys.index))
             raw = await self._scripts["snapshot"](
-                keys=[self._keys.epoch, *map(self._keys.provider, ids)],
-                args=[uuid.uuid4().hex, *ids],
+                keys=[self._keys.epoch, self._keys.controls, *map(self._keys.provider, ids)],
+                args=[uuid.uuid4().hex, "", *ids],
                 client=self._client,
             )
-            epoch, revisions = parse_snapshot(raw)
-            if self._epoch is not None and epoch != self._epoch:
-                # Redis came back without its data: restore the mark-downs we know of.
+            snapshot = parse_snapshot(raw)
+            if self._epoch is not None and snapshot.epoch != self._epoch:
+                # Redis came back without its data: restore the mark-downs we know
+                # of, and the controls if an operator ever set them.
                 active = self._view.active_mark_downs(self._clock())
                 logger.warning(
                     f"{self!r}: Redis lost its data; writing back {len(active)} mark-down(s)"
                 )
                 for health in active:
                     self._pending.mark_down(health)
-            self._epoch = epoch
-            if not len(self._pending):
-                self._view.replace(revisions)
+                if self._view.controls.rev:
+                    self._owed_controls = self._view.controls.controls
+            self._epoch = snapshot.epoch
+            if not len(self._pending) and self._owed_controls is None:
+                self._view.replace(snapshot.revisions, snapshot.controls)
                 self._go_online()
                 return
 
     async def _flush(self):
-        """Write back the changes made while Redis was away."""
+        """Write back the changes made while Redis was away, and controls Redis lost."""
+        if self._owed_controls is not None:
+            # Only if there are none: an operator may have set new ones since.
+            await self._write_controls(self._owed_controls, restore=True)
+            self._owed_controls = None
         while (item := self._pending.pop()) is not None:
             provider_id, owed = item
             written = False
@@ -413,10 +573,13 @@ class RedisHealthStore:
             )
         elif owed.mark_up_at is not None:
             await self._script("mark_up", provider_id, now, owed.mark_up_at)
+        if owed.extend_to is not None and owed.extend_to > now:
+            await self._script("extend_down", provider_id, now, owed.extend_to)
         if owed.reset:
             await self._script("record_success", provider_id)
-        if owed.failures:
-            await self._script("record_failure", provider_id, owed.failures)
+        for start in range(0, len(owed.failures), _WRITE_BACK_BATCH):
+            batch = owed.failures[start : start + _WRITE_BACK_BATCH]
+            await self._script("record_failure", provider_id, _COUNTED_TTL, ids=batch)
 
     def _go_online(self):
         self._generation += 1
@@ -451,12 +614,21 @@ class RedisHealthStore:
     async def _read(self, pubsub: PubSub):
         heard = time.monotonic()
         awaiting_pong = False
+        subscribed = False
         while True:
             message = await pubsub.get_message(timeout=_HEARTBEAT)
             if message is not None:
                 heard, awaiting_pong = time.monotonic(), False
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     self._on_message(message["data"])
+                elif kind == "subscribe":
+                    if subscribed:
+                        # redis-py reconnected and subscribed again by itself:
+                        # whatever was published in between never reached us.
+                        logger.debug(f"{self!r}: subscribed again; resynchronizing")
+                        await _within(self._sync_timeout, self._sync())
+                    subscribed = True
             elif time.monotonic() - heard >= _HEARTBEAT:
                 if awaiting_pong:
                     raise ConnectionError("no reply to PING on the subscription")
@@ -465,19 +637,45 @@ class RedisHealthStore:
 
     def _on_message(self, data: str | bytes):
         try:
-            revision = parse_message(data)
+            change = parse_message(data)
         except ValueError as e:
             logger.debug(f"{self!r}: ignoring a message: {e}")
             return
-        self._view.apply(revision)
+        if isinstance(change, Revision):
+            self._view.apply(change)
+        elif self._view.apply_controls(change):
+            logger.debug(f"{self!r}: controls are now {change.controls}")
 
     async def _close_pubsub(self, pubsub: PubSub):
         try:
-            async with asyncio.timeout(self._op_timeout * 4):
-                # aclose() arrived in redis-py 5.0.1; reset() is the older name.
-                await getattr(pubsub, "aclose", pubsub.reset)()
-        except Exception as e:
+            # aclose() arrived in redis-py 5.0.1; reset() is the older name.
+            await _within(self._op_timeout * 4, getattr(pubsub, "aclose", pubsub.reset)())
+        except Exception as e:  # noqa: BLE001 - the subscription is being dropped anyway
             logger.trace(f"{self!r}: closing the subscription: {self._describe(e)}")
+
+
+async def _within(seconds: float, awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable`` for at most ``seconds``; TimeoutError once they run out.
+
+    Not a bare ``asyncio.timeout``: on Python 3.11 redis-py waits with
+    ``wait_for2``, which, cancelled just as its wait completes, raises
+    ``CancelledWithResultError``, a CancelledError subclass that
+    ``asyncio.timeout`` lets through instead of turning it into TimeoutError.
+    It would escape ``except Exception`` and end the caller's task (a
+    processor's store writer, or the link task). A cancellation of the task
+    itself still propagates.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    cancelling = task.cancelling()
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await awaitable
+    except asyncio.CancelledError:
+        if deadline.expired() and task.cancelling() <= cancelling:
+            raise TimeoutError from None
+        raise
 
 
 @functools.cache

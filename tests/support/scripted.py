@@ -26,7 +26,9 @@ def word_code(word: str, provider_index: int) -> int:
     return 1000 + (zlib.crc32(word.encode()) % 7000) * 4 + provider_index
 
 
-def decode_audio(frames: Sequence[TTSAudioRawFrame], vocabulary: Sequence[str]) -> list[tuple[str, int]]:
+def decode_audio(
+    frames: Sequence[TTSAudioRawFrame], vocabulary: Sequence[str]
+) -> list[tuple[str, int]]:
     """Decode the words (and provider indexes) a caller heard from scripted audio.
 
     Args:
@@ -39,7 +41,9 @@ def decode_audio(frames: Sequence[TTSAudioRawFrame], vocabulary: Sequence[str]) 
     by_code = {((zlib.crc32(w.encode()) % 7000) * 4): w for w in vocabulary}
     heard: list[tuple[str, int]] = []
     last = None
-    samples = np.concatenate([np.frombuffer(f.audio, dtype="<i2") for f in frames]) if frames else []
+    samples = (
+        np.concatenate([np.frombuffer(f.audio, dtype="<i2") for f in frames]) if frames else []
+    )
     for value in samples:
         value = int(value)
         if value == 0 or value == last:
@@ -126,9 +130,7 @@ class ScriptedTTSService(TTSService):
             return
         ttfb = self.ttfb(index) if callable(self.ttfb) else self.ttfb
         if self.websocket:
-            self._tasks[context_id] = self.create_task(
-                self._deliver(text, context_id, fault, ttfb)
-            )
+            self._tasks[context_id] = self.create_task(self._deliver(text, context_id, fault, ttfb))
             yield None
             return
         async for frame in self._frames(text, context_id, fault, ttfb):

@@ -1,4 +1,6 @@
--- Shared by every script below; prepended to each one when it is registered.
+-- Shared by the scripts that change a provider's record (record_failure,
+-- record_success, mark_down, mark_up, extend_down); prepended to each one when
+-- it is registered.
 --
 -- A provider's record is the hash KEYS[1]:
 --   rev         revision, bumped by every change (readers drop stale updates)
