@@ -19,6 +19,8 @@ from pipecat_tts_failover.sentence import SentenceReport
 from pipecat_tts_failover.store.base import HealthStore, LatencySharing
 from pipecat_tts_failover.store.writer import StoreWriter
 
+# How much longer than its first-audio deadline the last provider left to try is waited for.
+LAST_RESORT_FACTOR = 2.0
 # Samples a provider needs before its p95 says anything.
 _SLOW_MIN_SAMPLES = 20
 
@@ -75,12 +77,13 @@ class SpeedTracker:
     def deadlines(self, provider_id: str, last: bool = False) -> Deadlines:
         """A provider's deadlines: fixed, or drawn from its latency tail.
 
-        With adaptive deadlines, the last provider left to try gets the
-        ceiling: cutting it short would only lose the sentence.
+        The last provider left to try has nothing to fail over to, so cutting
+        it short would only lose the sentence: it gets twice the fixed
+        first-audio deadline, or the adaptive ceiling.
         """
         if self._adaptive is None:
-            return self._deadlines
-        if last:
+            first_audio = self._deadlines.first_audio * (LAST_RESORT_FACTOR if last else 1)
+        elif last:
             first_audio = self._adaptive.ceiling
         else:
             first_audio = self._adaptive.deadline(self.stats(provider_id).latency)

@@ -501,3 +501,13 @@ async def test_listeners_hear_attempts_failovers_and_one_mark_down(store):
 def test_listeners_must_have_on_event():
     with pytest.raises(TypeError, match="on_event"):
         FailoverTTSService(services=providers(None, None), alerters=[object()])
+
+
+async def test_the_last_provider_left_is_given_longer_before_the_sentence_is_lost(store):
+    # The backup answers after 1.5 x first_audio_timeout: a first provider that
+    # slow would be abandoned, but nothing comes after the backup.
+    services = providers(plan(every="hang"), None)
+    services["secondary"].ttfb = 0.45
+    h = await speak_all(failover(services, store, first_audio_timeout=0.3), SENTENCES[:1])
+    assert heard(h) == SENTENCES[0].split()
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
