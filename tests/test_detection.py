@@ -1,6 +1,7 @@
 """Silence detection and error classification."""
 
 import numpy as np
+import pytest
 from pipecat.utils.errors import ErrorCategory
 
 from pipecat_tts_failover.detection import FailureReason, is_audible, pcm16_rms, reason_for_error
@@ -14,7 +15,7 @@ def test_rms_of_16_bit_pcm():
     assert pcm16_rms(b"") == 0.0
     assert pcm16_rms(pcm([0] * 100)) == 0.0
     assert pcm16_rms(pcm([1000, -1000] * 50)) == 1000.0
-    assert pcm16_rms(pcm([3, 4]) + b"\x01") == (12.5) ** 0.5  # odd trailing byte ignored
+    assert pcm16_rms(pcm([3, 4]) + b"\x01") == pytest.approx(12.5**0.5)  # odd byte ignored
 
 
 def test_digital_silence_and_dither_are_not_audible_but_speech_is():
