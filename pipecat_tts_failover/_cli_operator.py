@@ -11,7 +11,6 @@ import json
 import sys
 import time
 
-from pipecat_tts_failover import operator
 from pipecat_tts_failover.errors import HealthStoreError
 
 _CONNECT_TIMEOUT = 3.0
@@ -90,12 +89,22 @@ def _run(args: argparse.Namespace, run) -> int:
     return asyncio.run(main())
 
 
+def _operator():
+    """The operator API, imported once the command line has set up logging.
+
+    Importing it imports pipecat, which logs a banner on first import.
+    """
+    from pipecat_tts_failover import operator
+
+    return operator
+
+
 def _ids(text: str | None) -> list[str] | None:
     return [p for p in (text or "").split(",") if p.strip()] or None
 
 
 async def _status(store, args) -> int:
-    fleet = await operator.status(store, _ids(args.providers))
+    fleet = await _operator().status(store, _ids(args.providers))
     if args.json:
         print(json.dumps(_as_json(fleet), indent=2))
         return 0
@@ -122,7 +131,7 @@ async def _status(store, args) -> int:
     return 0
 
 
-def _as_json(fleet: operator.FleetStatus) -> dict:
+def _as_json(fleet) -> dict:
     return {
         "providers": [
             {
@@ -166,36 +175,36 @@ def _print_table(header, rows, footer: str):
 
 
 async def _mark_down(store, args) -> int:
-    changed = await operator.mark_down(store, args.provider, cooldown=args.cooldown)
+    changed = await _operator().mark_down(store, args.provider, cooldown=args.cooldown)
     print(f"{args.provider}: {'marked down' if changed else 'already down'} for {args.cooldown:g}s")
     return 0
 
 
 async def _mark_up(store, args) -> int:
-    changed = await operator.mark_up(store, args.provider)
+    changed = await _operator().mark_up(store, args.provider)
     print(f"{args.provider}: {'marked up' if changed else 'already up'}")
     return 0
 
 
 async def _pin(store, args) -> int:
-    await operator.pin(store, args.provider)
+    await _operator().pin(store, args.provider)
     print(f"new calls start on {args.provider}")
     return 0
 
 
 async def _unpin(store, args) -> int:
-    await operator.unpin(store)
+    await _operator().unpin(store)
     print("new calls start on the preferred healthy provider")
     return 0
 
 
 async def _failover(store, args) -> int:
-    await operator.set_failover(store, enabled=args.state == "on")
+    await _operator().set_failover(store, enabled=args.state == "on")
     print(f"failover {args.state}")
     return 0
 
 
 async def _reset(store, args) -> int:
-    was_down = await operator.reset(store, _ids(args.providers))
+    was_down = await _operator().reset(store, _ids(args.providers))
     print(f"reset: marked up {', '.join(was_down) or 'nothing'}; pin and kill switch cleared")
     return 0

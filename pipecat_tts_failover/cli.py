@@ -2,6 +2,7 @@
 
 Subcommands:
     emulate   run a local Cartesia or ElevenLabs emulator until Ctrl-C / SIGTERM
+    demo      a call that survives a TTS outage, shown live (needs the [demo] extra)
     status, mark-down, mark-up, pin, unpin, failover, reset
               operator controls over a fleet's Redis health store
 
@@ -103,8 +104,45 @@ def _add_operator(subparsers: argparse._SubParsersAction):
     add_operator_commands(subparsers)
 
 
+def _add_demo(subparsers: argparse._SubParsersAction):
+    parser = subparsers.add_parser(
+        "demo",
+        help="watch a call keep talking through a TTS outage",
+        description=(
+            "Play a support call through FailoverTTSService around pipecat's Cartesia and "
+            "ElevenLabs services, pointed at local emulators; break Cartesia mid-call, fix it "
+            "later, and show what the caller heard. Writes demo.wav, demo-timeline.png and "
+            'demo.log. Needs: pip install "pipecat-tts-failover[demo]".'
+        ),
+        epilog="Faults: see 'pipecat-tts-failover emulate --help'.",
+    )
+    parser.add_argument(
+        "--fault",
+        type=_fault_argument,
+        default="hang",
+        help="what goes wrong with Cartesia (default: hang), e.g. error, stall, zeros, reject-401",
+    )
+    parser.add_argument("--out", default=".", help="directory for the files (default: .)")
+    parser.add_argument(
+        "--compare", action="store_true", help="also run pipecat's ServiceSwitcher, side by side"
+    )
+    parser.add_argument("--redis-url", help="keep provider health in this Redis")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing --redis-url (default: 1)"
+    )
+    parser.add_argument("--speed", type=_speed_argument, default=1.0, help=argparse.SUPPRESS)
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pipecat_tts_failover.demo.run import main as run_demo
+
+    return run_demo(args)
+
+
 _SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_emulate,
+    _add_demo,
     _add_operator,
 )
 

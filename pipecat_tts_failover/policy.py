@@ -151,6 +151,14 @@ class CallPolicy:
             self.call_provider = spoken_by
         return SentenceOutcome(tuple(marked_down), moved_from, moved_to)
 
+    def saw_down(self, provider_id: str):
+        """Note that the store has recorded a provider down (this call's own mark-down landed).
+
+        From then on the store reporting it healthy means it recovered, even if
+        no sentence start happened to read it down in between.
+        """
+        self._store_down.add(provider_id)
+
     def refresh(self, health: Mapping[str, ProviderHealth]) -> tuple[str, str] | None:
         """Move the call back to a more preferred provider the store reports healthy again.
 

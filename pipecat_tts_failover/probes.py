@@ -69,7 +69,7 @@ class _SdkProbe:
 
 
 class CartesiaProbe(_SdkProbe):
-    """Probe Cartesia with the official ``cartesia`` SDK (``/tts/bytes``, raw PCM)."""
+    """Probe Cartesia with the official ``cartesia`` SDK (``/tts/bytes``, streamed raw PCM)."""
 
     _package = "cartesia"
     _extra = "cartesia"
@@ -80,7 +80,9 @@ class CartesiaProbe(_SdkProbe):
 
         client = AsyncCartesia(api_key=self._api_key, max_retries=0, **self._client_kwargs())
         try:
-            chunks = await client.tts.bytes(
+            # The streaming variant: ``tts.bytes`` reads the whole body before
+            # it yields, which would make first audio wait for the last.
+            async with client.tts.with_streaming_response.generate(
                 model_id=self._model_id,
                 transcript=self._text,
                 voice={"mode": "id", "id": self._voice_id},
@@ -89,9 +91,9 @@ class CartesiaProbe(_SdkProbe):
                     "encoding": "pcm_s16le",
                     "sample_rate": self._sample_rate,
                 },
-            )
-            async for chunk in chunks:
-                yield chunk
+            ) as response:
+                async for chunk in response.iter_bytes():
+                    yield chunk
         finally:
             await client.close()
 

@@ -23,7 +23,7 @@ from pipecat_tts_failover.store.base import HealthStore
 Probe = Callable[[], AsyncIterator[bytes]]
 """A short synthesis: an async iterator of 16-bit mono PCM chunks."""
 
-PROBE_TEXT = "Hello, this is a quick check."
+PROBE_TEXT = "Hello."
 
 
 @dataclass(frozen=True, slots=True)

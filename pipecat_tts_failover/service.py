@@ -683,6 +683,7 @@ class FailoverTTSService(BasePipeline):
         """Mark a provider down; the one worker whose write changed the state reports it."""
         if await self._store.mark_down(pid, reason=reason, cooldown=self._cooldown):
             self._notify(ProviderDown(pid, reason, error, time.time(), failed))
+        self._policy.saw_down(pid)
         if self._recovery is not None:
             self._recovery.watch(pid)
 

@@ -103,3 +103,11 @@ def test_refresh_returns_to_a_recovered_primary_only_after_the_store_saw_it_down
     assert policy.refresh({"a": DOWN}) is None
     assert policy.refresh({"a": ProviderHealth("a")}) == ("b", "a")
     assert policy.call_provider == "a" and policy.order_for_sentence()[0] == "a"
+
+
+def test_refresh_returns_once_the_calls_own_mark_down_landed_and_was_cleared():
+    policy = CallPolicy(IDS, 1)
+    policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
+    policy.saw_down("a")  # the write reached the store...
+    # ...and a probe marked it up before any sentence read it down.
+    assert policy.refresh({"a": ProviderHealth("a")}) == ("b", "a")

@@ -8,7 +8,7 @@ from pipecat.frames.frames import TTSSpeakFrame
 from pipecat_tts_failover import CartesiaProbe, ElevenLabsProbe, FailoverTTSService, ServiceProbe
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.events import ProbeFinished, ProviderUp
-from pipecat_tts_failover.recovery import close_recovery, run_probe
+from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery, run_probe
 from pipecat_tts_failover.store.memory import InMemoryHealthStore
 from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
 from tests.support.emulators import API_KEY, cartesia_ws, elevenlabs_ws
@@ -49,6 +49,15 @@ async def test_sdk_probe_judges_the_provider(emulator, fault, reason):
         assert API_KEY not in repr(probe)
         if fault != "reject-401":
             assert len(emu.requests) >= 1
+
+
+async def test_cartesia_probe_streams_its_first_audio_before_the_synthesis_ends():
+    # At real time, a long sentence takes seconds to synthesize: the probe must
+    # pass on its first chunk, not on the whole body.
+    async with CartesiaEmulator(speed=1.0) as emu:
+        probe = probe_for(emu, text="This sentence takes a good few seconds to say at real time.")
+        verdict = await run_probe(probe, first_audio_timeout=1.5, silence_floor=16.0)
+        assert verdict.ok, verdict
 
 
 async def test_service_probe_speaks_through_a_pipecat_service():
@@ -109,7 +118,7 @@ async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end()
         assert not probes[0].ok and probes[-1].ok
         assert all(not p.ok for p in probes[:-1])
         # Only probes reached the primary meanwhile (no caller's sentence).
-        assert all(r.text == "Hello, this is a quick check." for r in cartesia.requests[calls_during_outage:])
+        assert all(r.text == PROBE_TEXT for r in cartesia.requests[calls_during_outage:])
 
         async with PipelineHarness(failover()) as h:
             await h.send(TTSSpeakFrame(SENTENCES[2]))
