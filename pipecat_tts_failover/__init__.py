@@ -53,7 +53,26 @@ _EXPORTS = {
     "normalize_provider_id": "pipecat_tts_failover.providers",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AdaptiveTimeout",
+    "AllProvidersFailedError",
+    "CallbackAlerter",
+    "CartesiaProbe",
+    "Controls",
+    "ElevenLabsProbe",
+    "FailoverError",
+    "FailoverTTSService",
+    "FailureReason",
+    "HealthStore",
+    "HealthStoreError",
+    "InMemoryHealthStore",
+    "ProviderHealth",
+    "RedisHealthStore",
+    "ServiceProbe",
+    "SlackWebhookAlerter",
+    "__version__",
+    "normalize_provider_id",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,6 +9,7 @@ ever sent to a provider that is down.
 """
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -74,10 +75,8 @@ async def run_probe(
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a failed stream may fail too
                 await aclose()
-            except Exception:  # noqa: BLE001 - closing a failed stream may fail too
-                pass
     reason = FailureReason.SILENT_AUDIO if got_audio else FailureReason.NO_AUDIO
     return ProbeVerdict(False, reason, loop.time() - started)
 

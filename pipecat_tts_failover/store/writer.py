@@ -64,7 +64,7 @@ class StoreWriter:
             try:
                 async with asyncio.timeout(self._timeout):
                     await write()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a failed write is logged, never fatal
                 logger.warning(f"{self._name}: health store write failed: {e}")
             finally:
                 self._queue.task_done()
