@@ -12,7 +12,9 @@ from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery, run_probe
 from pipecat_tts_failover.store.memory import InMemoryHealthStore
 from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
 from tests.support.emulators import API_KEY, cartesia_ws, elevenlabs_ws
+from pipecat_tts_failover.store.redis import RedisHealthStore
 from tests.support.pipeline import PipelineHarness
+from tests.support.redis_server import RedisServer, running
 
 SENTENCES = ["Thanks for holding.", "Your ticket is open.", "Anything else today?"]
 
@@ -78,8 +80,26 @@ class Recorder:
         self.events.append(event)
 
 
-async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end():
-    store = InMemoryHealthStore()
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    with running(RedisServer(tmp_path_factory.mktemp("redis-probes"))) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def any_store(request):
+    if request.param == "memory":
+        yield InMemoryHealthStore()
+        return
+    store = RedisHealthStore(request.getfixturevalue("redis").url, key_prefix="probes-e2e")
+    assert await store.connect(timeout=5)
+    yield store
+    await close_recovery()
+    await store.close()
+
+
+async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end(any_store):
+    store = any_store
     recorder = Recorder()
     async with CartesiaEmulator(fault="hang", speed=20) as cartesia, ElevenLabsEmulator(
         speed=20
