@@ -1,6 +1,7 @@
 """One sentence on one provider: its deadlines, what it lets through, and its verdict."""
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,17 @@ class Attempt:
     the stall deadline, on too long a run of silence, or on an end with no
     audible audio.
 
+    A word counts as heard when the provider timed it (its frame's pts is
+    later than the word before it). Text the service pushes without timing it
+    (pipecat's "force-complete" of the words left when a context ends,
+    which it does on a reconnect as on a normal end) is held until audio
+    follows it or the service finishes the sentence, and dropped if the
+    attempt fails first: a dropped socket must not pass the rest of the
+    sentence off as spoken. Once every word of the sentence has been heard,
+    the sentence is spoken whatever the provider does next (a stall where
+    the end message should be, an error after the last word): saying it
+    again would make the caller hear it twice.
+
     One timer watches both deadlines: it is armed for the first-audio deadline,
     moved to the stall deadline by the first chunk, and from then on re-armed
     lazily, only when it fires before the stall deadline has passed, so a
@@ -94,8 +106,15 @@ class Attempt:
         self._timer: asyncio.TimerHandle | None = None
         self._last_audio_at: float | None = None
         self._held: list[Frame] = []
+        # Untimed text after audible audio, waiting for audio or the end to follow.
+        self._untimed: list[Frame] = []
+        self._last_word_pts: int | None = None
+        self._text: str | None = None
         self._silent_run = 0.0
         self.result = AttemptResult()
+        # Whether the service ended the sentence itself, with nothing wrong
+        # reported: otherwise it may still hold some of it.
+        self.service_done = False
 
     @property
     def finished(self) -> bool:
@@ -112,6 +131,21 @@ class Attempt:
         """Seconds from the request to the first audible audio, once there was some."""
         at = self.result.first_audio_at
         return None if at is None else at - self.started_at
+
+    def expect(self, text: str):
+        """Tell the attempt the text the provider was asked to speak, to know when all was heard."""
+        self._text = text
+
+    def limit_stall(self, seconds: float | None):
+        """Keep the stall deadline below ``seconds``.
+
+        A service that ends a sentence on its own after a quiet spell (pipecat's
+        ``stop_frame_timeout_s`` with ``push_stop_frames``) pushes its stop
+        frame, and the words it never spoke, as if the sentence were over: the
+        stall must be caught before that.
+        """
+        if seconds is not None and seconds < self._deadlines.stall:
+            self._deadlines = dataclasses.replace(self._deadlines, stall=seconds)
 
     def start(self):
         """Start the first-audio deadline (call once the request is sent)."""
@@ -149,6 +183,7 @@ class Attempt:
         elif isinstance(frame, ErrorFrame):
             self._fail_on_error(frame)
         elif isinstance(frame, TTSStoppedFrame):
+            self.service_done = True
             if self._last_audio_at is None:
                 # pipecat reports a context that ended silent as an error of its
                 # own, right behind the stop frame: the reason is the silence.
@@ -156,6 +191,7 @@ class Attempt:
             elif not self.result.audible:
                 self._fail(FailureReason.SILENT_AUDIO)
             else:
+                await self._confirm_untimed()
                 # Some services (pipecat's Cartesia, on a provider error message)
                 # push a stop frame and then the error in the same step: decide
                 # once that step is over.
@@ -176,6 +212,7 @@ class Attempt:
 
     def _succeed(self):
         self._held.clear()
+        self._untimed.clear()
         self._finish()
 
     def _finish(self):
@@ -186,6 +223,7 @@ class Attempt:
 
     async def _on_audio(self, frame: TTSAudioRawFrame):
         """Forward or hold an audio chunk; fail once silence has gone on too long."""
+        await self._confirm_untimed()
         if is_audible(frame.audio, self._deadlines.silence_floor):
             self._silent_run = 0.0
             if not self.result.audible:
@@ -206,7 +244,22 @@ class Attempt:
         """Forward a word frame in order with the audio around it."""
         if not self.result.audible:
             self._held.append(frame)
+        elif self._untimed or (isinstance(frame, TTSTextFrame) and not self._timed(frame)):
+            # A progress frame travels with the text before it.
+            self._untimed.append(frame)
         else:
+            await self._emit_text(frame)
+
+    def _timed(self, frame: TTSTextFrame) -> bool:
+        """Whether the provider timed this word: a pts later than the word before it."""
+        if not frame.pts:
+            return False
+        return self._last_word_pts is None or frame.pts > self._last_word_pts
+
+    async def _confirm_untimed(self):
+        """Audio (or the end of the sentence) followed the untimed text: it was spoken."""
+        untimed, self._untimed = self._untimed, []
+        for frame in untimed:
             await self._emit_text(frame)
 
     async def _flush_held(self):
@@ -220,7 +273,15 @@ class Attempt:
     async def _emit_text(self, frame: Frame):
         if isinstance(frame, TTSTextFrame):
             self.result.spoken_words.extend(frame.text.split())
+            if frame.pts:
+                self._last_word_pts = max(frame.pts, self._last_word_pts or 0)
         await self._forward(frame)
+
+    def _heard_everything(self) -> bool:
+        """Whether every word of the sentence has reached the caller."""
+        if self._text is None or not self.result.audible or not self.result.spoken_words:
+            return False
+        return unspoken_text(self._text, self.result.spoken_words).strip() == ""
 
     def _fail_on_error(self, frame: ErrorFrame):
         usable = frame.processor.is_usable if frame.processor else True
@@ -228,10 +289,19 @@ class Attempt:
         self._fail(reason, frame.error)
 
     def _fail(self, reason: FailureReason, error: str | None = None):
-        if not self.done.done():
-            self.result.reason = reason
-            self.result.error = error
-            self._finish()
+        self.service_done = False
+        if self.done.done():
+            return
+        if self._heard_everything():
+            # The caller heard the whole sentence: what went wrong after its
+            # last word (no end message, an error, trailing silence) is not
+            # worth hearing it twice.
+            self._succeed()
+            return
+        self.result.reason = reason
+        self.result.error = error
+        self._untimed.clear()
+        self._finish()
 
 
 _PUNCTUATION = re.compile(r"[^\w']+", re.UNICODE)

@@ -37,6 +37,8 @@ SPEECH_FRAMES = (
     LLMAssistantPushAggregationFrame,
 )
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
+# Share of a service's own stop-frame timeout a stall deadline may use.
+_STOP_TIMER_SHARE = 0.8
 
 PassOn = Callable[[Frame, FrameDirection], Awaitable[None]]
 
@@ -56,14 +58,34 @@ class _ServiceOutput(PipelineSink):
             await super().queue_frame(frame, direction, callback)
 
 
+def _stall_limit(service: TTSService) -> float | None:
+    """The longest stall deadline that still beats the service's own end-of-sentence timer.
+
+    A pipecat service with ``push_stop_frames`` (the HTTP ones) ends a sentence
+    by itself once nothing has come for ``stop_frame_timeout_s``: it pushes its
+    stop frame, and the words it never spoke as text, exactly as at a real
+    end. A stall longer than that would pass for a finished sentence, so the
+    stall deadline is kept to most of that timeout.
+    """
+    if not getattr(service, "_push_stop_frames", False):
+        return None
+    timeout = getattr(service, "_stop_frame_timeout_s", None)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        return None
+    return timeout * _STOP_TIMER_SHARE
+
+
 class ProviderLink:
     """A provider's service in its own pipeline, speaking one sentence at a time.
 
     Frames the service pushes while an attempt is open go to that attempt's
     inbox; once the attempt is abandoned the service is interrupted and
     everything it pushes up to that interruption is dropped, so nothing of an
-    abandoned attempt reaches the caller. Frames unrelated to speech (metrics,
-    for instance) are passed on.
+    abandoned attempt reaches the caller. A sentence that was spoken but not
+    ended cleanly by the service (every word heard, then no end message, or
+    an error) is interrupted the same way before the next sentence, so what
+    the service still holds of it never holds up or reaches a later attempt.
+    Frames unrelated to speech (metrics, for instance) are passed on.
 
     Args:
         provider_id: The normalized provider id.
@@ -89,6 +111,9 @@ class ProviderLink:
         # keeps pushing for a context after it was interrupted is not heard.
         self._attempt_contexts: set[str] = set()
         self._abandoned_contexts: deque[str] = deque(maxlen=64)
+        # The last attempt was closed before the service ended its sentence.
+        self._unfinished = False
+        self._stall_limit = _stall_limit(service)
 
     @property
     def is_usable(self) -> bool:
@@ -103,19 +128,33 @@ class ProviderLink:
             attempt: Watches this sentence on this provider.
             append_to_context: Carried on the text frames the service pushes.
         """
+        if self._unfinished:
+            self._unfinished = False
+            await self._interrupt()
+        attempt.expect(text)
+        attempt.limit_stall(self._stall_limit)
         self._attempt = attempt
         await self.pipeline.queue_frame(TTSSpeakFrame(text, append_to_context=append_to_context))
 
     def close_attempt(self):
-        """Close the open attempt after the service finished the sentence."""
-        self._attempt = None
+        """Close the open attempt once it was spoken."""
+        attempt, self._attempt = self._attempt, None
+        # Nothing more of its contexts belongs to anyone.
+        self._abandoned_contexts.extend(self._attempt_contexts)
         self._attempt_contexts.clear()
+        if attempt is not None and not attempt.service_done:
+            self._unfinished = True
 
     async def abandon(self):
         """Abandon the open attempt: interrupt the service and drop what is left of it."""
         self._attempt = None
         self._abandoned_contexts.extend(self._attempt_contexts)
         self._attempt_contexts.clear()
+        self._unfinished = False
+        await self._interrupt()
+
+    async def _interrupt(self):
+        """Interrupt the service; drop what it pushes until the interruption comes out."""
         interruption = InterruptionFrame()
         self._draining = interruption.id
         await self.pipeline.queue_frame(interruption)
