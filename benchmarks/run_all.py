@@ -54,6 +54,18 @@ BENCHMARKS = [
 ]
 
 
+# Benchmarks that write a page of their own; the report links to it.
+PAGES = [
+    (
+        "Fault matrix",
+        "fault_matrix.py",
+        "fault-matrix.md",
+        "Every emulator fault against each of pipecat's Cartesia and ElevenLabs services, "
+        "pipecat alone against FailoverTTSService, side by side in one run.",
+    ),
+]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -93,6 +105,19 @@ def main():
             f"## {title}\n\n{about}\n\n`{shown}` ({took:.0f} s{status})\n\n```text\n{output}\n```\n"
         )
         print(output)
+
+    for title, script, page, about in PAGES:
+        print(f"running {script} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / script)], cwd=ROOT, capture_output=True
+        )
+        took = time.monotonic() - started
+        status = "" if result.returncode == 0 else f" (exit {result.returncode})"
+        sections.append(
+            f"## {title}\n\n{about} `python benchmarks/{script}` ({took:.0f} s{status}) "
+            f"regenerated [{page}]({page}).\n"
+        )
 
     today = datetime.date.today().isoformat()
     report = (
