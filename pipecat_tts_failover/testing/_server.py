@@ -2,6 +2,7 @@
 
 import asyncio
 import bisect
+import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -420,3 +421,47 @@ class Emulator:
             if first_group < end_group:
                 chars = range(groups[first_group].start, groups[end_group - 1].stop)
             yield _Chunk(encode(samples, encoding), start, b / rate, chars)
+
+
+class WebSocketConnection:
+    """One client WebSocket of an emulator: its contexts, each streamed by a task of its own.
+
+    Shared by the provider emulators; each adds how its messages are read.
+
+    Args:
+        emulator: The emulator serving the socket.
+        ws: The socket.
+        path: The path it was opened on.
+    """
+
+    def __init__(self, emulator: "Emulator", ws: web.WebSocketResponse, path: str):
+        self._emu = emulator
+        self._ws = ws
+        self._path = path
+        self._contexts: dict[str, Any] = {}
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, message: dict):
+        """Send one JSON message; raises ConnectionResetError once the socket is closed."""
+        async with self._send_lock:
+            if self._ws.closed:
+                raise ConnectionResetError("websocket closed")
+            await self._ws.send_str(json.dumps(message))
+
+    async def close(self):
+        """Cancel every context's stream and wait for them."""
+        tasks = [c.task for c in self._contexts.values() if c.task and not c.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        self._contexts.clear()
+
+    @staticmethod
+    def parse(data: str) -> dict | None:
+        """A client message as a JSON object, or None if it is not one."""
+        try:
+            message = json.loads(data)
+        except ValueError:
+            return None
+        return message if isinstance(message, dict) else None

@@ -11,7 +11,12 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from loguru import logger
 
-from pipecat_tts_failover.testing._server import Emulator, SynthesisRequest, _forever
+from pipecat_tts_failover.testing._server import (
+    Emulator,
+    SynthesisRequest,
+    WebSocketConnection,
+    _forever,
+)
 from pipecat_tts_failover.testing._speech import ENCODINGS, Speech, synthesize, wav_header
 from pipecat_tts_failover.testing.faults import Fault, FaultKind
 
@@ -278,36 +283,15 @@ class _Context:
     closed: bool = False  # a ``continue: false`` arrived
 
 
-class _Connection:
+class _Connection(WebSocketConnection):
     """The contexts of one WebSocket, each streamed by its own task."""
 
-    def __init__(self, emulator: CartesiaEmulator, ws: web.WebSocketResponse, path: str):
-        self._emu = emulator
-        self._ws = ws
-        self._path = path
-        self._contexts: dict[str, _Context] = {}
-        self._send_lock = asyncio.Lock()
-
-    async def send(self, message: dict):
-        async with self._send_lock:
-            if self._ws.closed:
-                raise ConnectionResetError("websocket closed")
-            await self._ws.send_str(json.dumps(message))
-
-    async def close(self):
-        tasks = [c.task for c in self._contexts.values() if c.task and not c.task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        self._contexts.clear()
+    _emu: CartesiaEmulator
+    _contexts: dict[str, _Context]
 
     async def receive(self, data: str):
-        try:
-            message = json.loads(data)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
+        message = self.parse(data)
+        if message is None:
             await self.send(self._emu._error_event(400, None, "messages must be JSON objects"))
             return
         context_id = message.get("context_id") or f"ctx-{uuid.uuid4()}"

@@ -9,7 +9,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from loguru import logger
 
-from pipecat_tts_failover.testing._server import Emulator, SynthesisRequest, _Chunk, _forever
+from pipecat_tts_failover.testing._server import (
+    Emulator,
+    SynthesisRequest,
+    WebSocketConnection,
+    _Chunk,
+    _forever,
+)
 from pipecat_tts_failover.testing._speech import Speech, synthesize
 from pipecat_tts_failover.testing.faults import Fault, FaultKind
 
@@ -259,8 +265,11 @@ class _Context:
     closed: bool = False  # ``close_context`` arrived
 
 
-class _Connection:
+class _Connection(WebSocketConnection):
     """The contexts of one multi-stream-input WebSocket, each streamed by its own task."""
+
+    _emu: "ElevenLabsEmulator"
+    _contexts: dict[str, _Context]
 
     def __init__(
         self,
@@ -270,19 +279,9 @@ class _Connection:
         encoding: str,
         sample_rate: int,
     ):
-        self._emu = emulator
-        self._ws = ws
-        self._path = path
+        super().__init__(emulator, ws, path)
         self._encoding = encoding
         self._sample_rate = sample_rate
-        self._contexts: dict[str, _Context] = {}
-        self._send_lock = asyncio.Lock()
-
-    async def send(self, message: dict):
-        async with self._send_lock:
-            if self._ws.closed:
-                raise ConnectionResetError("websocket closed")
-            await self._ws.send_str(json.dumps(message))
 
     async def fail(self, error: dict, close_code: int):
         """Send an error message and close the socket, as the real API does."""
@@ -290,20 +289,9 @@ class _Connection:
         reason = error["message"].encode()[:120]
         self._emu._spawn(self._ws.close(code=close_code, message=reason), "elevenlabs-close")
 
-    async def close(self):
-        tasks = [c.task for c in self._contexts.values() if c.task and not c.task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        self._contexts.clear()
-
     async def receive(self, data: str):
-        try:
-            message = json.loads(data)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
+        message = self.parse(data)
+        if message is None:
             error = self._emu._ws_error(400, None, 1008)
             error["error"] = "invalid_input_message"
             error["message"] = "Could not parse input message, make sure it is a json."
