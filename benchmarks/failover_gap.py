@@ -2,7 +2,7 @@
 
 Run from the repo root::
 
-    .venv/bin/python benchmarks/failover_gap.py [--sentences 6] [--overhead-sentences 150]
+    .venv/bin/python benchmarks/failover_gap.py [--sentences 6] [--overhead-sentences 150] [--real-sentences 20]
 
 For each fault of the primary, prints how many of the call's sentences the
 caller heard in full, for FailoverTTSService and for pipecat's
@@ -14,7 +14,10 @@ deadline) to the backup receiving the request.
 
 Then the healthy-path overhead of the wrapper against the bare service: CPU
 seconds per run and the latency each audio frame gains between the service
-pushing it and the next processor receiving it (median and p99).
+pushing it and the next processor receiving it (median and p99). Twice: with a
+scripted service that does next to nothing itself (so every cost of pipecat's
+plumbing shows at full size), and with pipecat's real ``CartesiaTTSService``
+talking to the Cartesia emulator in another process.
 """
 
 import argparse
@@ -28,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from loguru import logger
 from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame  # noqa: E402
+from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.service_switcher import (
     ServiceSwitcher,
     ServiceSwitcherStrategyFailover,
@@ -179,9 +183,14 @@ def _ms(seconds: float) -> float:
 
 
 async def overhead(n: int, repeats: int) -> dict:
-    """CPU per run and per-frame latency added by the wrapper on a healthy call."""
+    """CPU per run and per-frame latency added by the wrapper on a healthy call.
+
+    Besides the bare service, the wrapper and pipecat's switcher, ``pipeline``
+    is the service alone inside a pipecat ``Pipeline``: the least any
+    processor holding a service pays in pipecat, for reference.
+    """
     texts = sentences(n)
-    kinds = ("bare", "wrapped", "switcher")
+    kinds = ("bare", "pipeline", "wrapped", "switcher")
     cpu = {kind: [] for kind in kinds}
     latency = {kind: [] for kind in kinds}
     for _ in range(repeats):
@@ -196,6 +205,8 @@ async def overhead(n: int, repeats: int) -> dict:
             service.add_event_handler("on_before_push_frame", on_push)
             if kind == "bare":
                 processor = service
+            elif kind == "pipeline":
+                processor = Pipeline([service])
             elif kind == "switcher":
                 processor = ServiceSwitcher(
                     services=[service, ScriptedTTSService(provider_index=1)],
@@ -212,15 +223,7 @@ async def overhead(n: int, repeats: int) -> dict:
                 await h.send(*(TTSSpeakFrame(t) for t in texts))
             cpu[kind].append(time.process_time() - t0)
             latency[kind].extend(t - pushed[i] for i, t in received.items() if i in pushed)
-    result = {}
-    for kind in kinds:
-        lat = sorted(latency[kind])
-        result[kind] = {
-            "cpu_s": statistics.median(cpu[kind]),
-            "lat_p50_ms": lat[len(lat) // 2] * 1000,
-            "lat_p99_ms": lat[int(len(lat) * 0.99)] * 1000,
-            "frames": len(lat) // repeats,
-        }
+    result = {kind: _summary(cpu[kind], latency[kind], repeats) for kind in kinds}
     # Every scripted word is 60 ms of audio.
     result["audio_s"] = sum(len(t.split()) for t in texts) * 0.06
     return result
@@ -230,6 +233,7 @@ async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=6)
     parser.add_argument("--overhead-sentences", type=int, default=150)
+    parser.add_argument("--real-sentences", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     logger.remove()
@@ -253,25 +257,134 @@ async def main():
 
     print()
     print(
-        f"Healthy-path overhead ({args.overhead_sentences} sentences per run, median of "
-        f"{args.repeats} runs, bare and wrapped interleaved)"
+        f"Healthy-path overhead, scripted service ({args.overhead_sentences} sentences per run, "
+        f"median of {args.repeats} runs, interleaved)"
     )
     result = await overhead(args.overhead_sentences, args.repeats)
-    bare, wrapped = result["bare"], result["wrapped"]
+    _print_overhead(
+        result,
+        ("bare", "pipeline", "wrapped", "switcher"),
+        {
+            "Pipeline([service])": "pipeline",
+            "FailoverTTSService": "wrapped",
+            "pipecat ServiceSwitcher": "switcher",
+        },
+    )
+
+    print()
+    print(
+        f"Healthy-path overhead, pipecat's CartesiaTTSService against the emulator in another "
+        f"process ({args.real_sentences} sentences per run, each once the last one ended, "
+        f"median of {args.repeats} runs, interleaved)"
+    )
+    result = await real_service_overhead(args.real_sentences, args.repeats)
+    _print_overhead(result, ("bare", "wrapped"), {"FailoverTTSService": "wrapped"})
+
+
+class EmulatorProcess:
+    """A provider emulator in a process of its own, so its CPU is not the pipeline's."""
+
+    def __init__(self, provider: str, speed: float):
+        self._args = [sys.executable, "-m", "pipecat_tts_failover.cli", "emulate", provider]
+        self._args += ["--speed", str(speed), "--log-level", "WARNING"]
+        self._process: asyncio.subprocess.Process | None = None
+        self.ws_url = ""
+
+    async def __aenter__(self) -> "EmulatorProcess":
+        self._process = await asyncio.create_subprocess_exec(
+            *self._args, stdout=asyncio.subprocess.PIPE
+        )
+        assert self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), timeout=30)
+        # "<provider> emulator listening on http://127.0.0.1:P and ws://127.0.0.1:P (fault: none)"
+        self.ws_url = line.decode().split(" and ")[1].split()[0]
+        return self
+
+    async def __aexit__(self, *exc):
+        assert self._process is not None
+        self._process.terminate()
+        await asyncio.wait_for(self._process.wait(), timeout=10)
+
+
+async def real_service_overhead(n: int, repeats: int) -> dict:
+    """The same comparison with pipecat's real services, talking to emulators in other processes.
+
+    The bare side is pipecat's ``CartesiaTTSService``; the wrapped side the
+    same service as the primary of a FailoverTTSService with pipecat's
+    ``ElevenLabsTTSService`` as the (idle) backup. Sentences are sent one at a
+    time, each once the last one ended, as in a call. Only this process's
+    CPU is counted: the emulators run in their own.
+    """
+    from pipecat.services.cartesia.tts import CartesiaTTSService
+    from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+
+    texts = sentences(n)
+    kinds = ("bare", "wrapped")
+    cpu = {kind: [] for kind in kinds}
+    latency = {kind: [] for kind in kinds}
+    async with EmulatorProcess("cartesia", speed=8) as cartesia:
+        async with EmulatorProcess("elevenlabs", speed=8) as elevenlabs:
+            for _ in range(repeats):
+                for kind in kinds:
+                    service = CartesiaTTSService(
+                        api_key="test-key",
+                        url=f"{cartesia.ws_url}/tts/websocket",
+                        settings=CartesiaTTSService.Settings(voice="emulated-voice"),
+                    )
+                    pushed: dict[int, float] = {}
+
+                    async def on_push(proc, frame, pushed=pushed):
+                        if isinstance(frame, TTSAudioRawFrame):
+                            pushed[frame.id] = time.perf_counter()
+
+                    service.add_event_handler("on_before_push_frame", on_push)
+                    processor = service
+                    if kind == "wrapped":
+                        backup = ElevenLabsTTSService(
+                            api_key="test-key",
+                            url=elevenlabs.ws_url,
+                            settings=ElevenLabsTTSService.Settings(voice="emulated-voice"),
+                        )
+                        processor = FailoverTTSService(
+                            services={"cartesia": service, "elevenlabs": backup},
+                            store=InMemoryHealthStore(),
+                        )
+                    received: dict[int, float] = {}
+                    t0 = time.process_time()
+                    h = await speak_paced(processor, texts, on_down=_stamp(received))
+                    cpu[kind].append(time.process_time() - t0)
+                    latency[kind].extend(t - pushed[i] for i, t in received.items() if i in pushed)
+                    audio_s = sum(len(f.audio) for f in h.audio) / (2 * 16000)
+    result = {kind: _summary(cpu[kind], latency[kind], repeats) for kind in kinds}
+    result["audio_s"] = audio_s
+    return result
+
+
+def _summary(cpu: list[float], latency: list[float], repeats: int) -> dict:
+    lat = sorted(latency)
+    return {
+        "cpu_s": statistics.median(cpu),
+        "lat_p50_ms": lat[len(lat) // 2] * 1000,
+        "lat_p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+        "frames": len(lat) // repeats,
+    }
+
+
+def _print_overhead(result: dict, kinds: tuple[str, ...], labels: dict[str, str]):
+    """Print the rows, then each labelled kind against the bare service."""
+    bare = result["bare"]
     print(f"{'':<10} {'CPU s':>8} {'frame lat p50 ms':>17} {'p99 ms':>8} {'frames':>7}")
-    for kind in ("bare", "wrapped", "switcher"):
+    for kind in kinds:
         r = result[kind]
         print(
             f"{kind:<10} {r['cpu_s']:>8.3f} {r['lat_p50_ms']:>17.3f} {r['lat_p99_ms']:>8.3f} {r['frames']:>7}"
         )
-    switcher = result["switcher"]
-    audio_seconds = result["audio_s"]
-    for kind, r in (("FailoverTTSService", wrapped), ("pipecat ServiceSwitcher", switcher)):
+    for label, kind in labels.items():
+        r = result[kind]
         added_cpu = r["cpu_s"] - bare["cpu_s"]
         print(
-            f"{kind}: CPU ratio to bare {r['cpu_s'] / bare['cpu_s']:.3f} "
-            f"(+{added_cpu * 1000 / audio_seconds:.2f} ms CPU per second of audio, "
-            f"{added_cpu / audio_seconds * 100:.2f} % of one core at real time); "
+            f"{label}: CPU ratio to bare {r['cpu_s'] / bare['cpu_s']:.3f} "
+            f"(+{added_cpu * 1000 / result['audio_s']:.2f} ms CPU per second of audio); "
             f"added latency per frame p50 {r['lat_p50_ms'] - bare['lat_p50_ms']:.3f} ms, "
             f"p99 {r['lat_p99_ms'] - bare['lat_p99_ms']:.3f} ms"
         )

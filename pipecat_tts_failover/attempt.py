@@ -229,8 +229,9 @@ class Attempt:
             if not self.result.audible:
                 self.result.audible = True
                 self.result.first_audio_at = self._loop.time()
-                await self._flush_held()
-            await self._forward(frame)
+                await self._flush_held(frame)
+            else:
+                await self._forward(frame)
             return
         self._silent_run += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
         if self._silent_run > self._deadlines.stall:
@@ -262,12 +263,20 @@ class Attempt:
         for frame in untimed:
             await self._emit_text(frame)
 
-    async def _flush_held(self):
+    async def _flush_held(self, first_audible: TTSAudioRawFrame):
+        """Release what was held once audio turned audible: the audio first, then the words.
+
+        The words held so far have timestamps for the output to play them in
+        step with the audio; the audio goes out first, so that the caller's
+        first sound waits for no text.
+        """
         held, self._held = self._held, []
         for frame in held:
             if isinstance(frame, TTSAudioRawFrame):
                 await self._forward(frame)
-            else:
+        await self._forward(first_audible)
+        for frame in held:
+            if not isinstance(frame, TTSAudioRawFrame):
                 await self._emit_text(frame)
 
     async def _emit_text(self, frame: Frame):

@@ -1,10 +1,11 @@
 """One provider's TTS service, run in a pipeline of its own, wired to the sentence attempts."""
 
 import asyncio
-from collections import deque
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
+from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     AggregatedTextProgressFrame,
@@ -21,7 +22,7 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline, PipelineSink, PipelineSource
-from pipecat.processors.frame_processor import FrameDirection
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService
 
 from pipecat_tts_failover.attempt import Attempt
@@ -37,6 +38,8 @@ SPEECH_FRAMES = (
     LLMAssistantPushAggregationFrame,
 )
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
+# How many abandoned context ids a link remembers, to drop late frames of them.
+_ABANDONED_CONTEXTS_KEPT = 64
 # Share of a service's own stop-frame timeout a stall deadline may use.
 _STOP_TIMER_SHARE = 0.8
 
@@ -56,6 +59,31 @@ class _ServiceOutput(PipelineSink):
             await self._downstream_push_frame(frame, direction)
         else:
             await super().queue_frame(frame, direction, callback)
+
+
+class _SetupOnlyObserver(BaseObserver):
+    """Shows the pipeline's observers a provider's set-up, not the frames inside its pipeline.
+
+    Observers see the stream the caller hears, as FailoverTTSService pushes
+    it. Inside a provider's pipeline they would see every frame twice and,
+    worse, the frames of attempts that were abandoned and never heard (an
+    RTVI client would be told the bot started speaking once per attempt); and
+    every audio chunk would pay for being observed twice.
+    """
+
+    def __init__(self, observer: BaseObserver):
+        super().__init__()
+        self._observer = observer
+
+    async def on_processor_setup(self, data: ProcessorSetUp):
+        await self._observer.on_processor_setup(data)
+
+
+def provider_setup(setup: FrameProcessorSetup) -> FrameProcessorSetup:
+    """The set-up for the providers' pipelines: the pipeline's, minus frame observation."""
+    if setup.observer is None:
+        return setup
+    return dataclasses.replace(setup, observer=_SetupOnlyObserver(setup.observer))
 
 
 def _stall_limit(service: TTSService) -> float | None:
@@ -110,7 +138,8 @@ class ProviderLink:
         # Context ids of the open attempt, and of abandoned ones: a service that
         # keeps pushing for a context after it was interrupted is not heard.
         self._attempt_contexts: set[str] = set()
-        self._abandoned_contexts: deque[str] = deque(maxlen=64)
+        # (a dict as an insertion-ordered set: looked up for every frame, trimmed to the newest)
+        self._abandoned_contexts: dict[str, None] = {}
         # The last attempt was closed before the service ended its sentence.
         self._unfinished = False
         self._stall_limit = _stall_limit(service)
@@ -140,18 +169,23 @@ class ProviderLink:
         """Close the open attempt once it was spoken."""
         attempt, self._attempt = self._attempt, None
         # Nothing more of its contexts belongs to anyone.
-        self._abandoned_contexts.extend(self._attempt_contexts)
-        self._attempt_contexts.clear()
+        self._retire_contexts()
         if attempt is not None and not attempt.service_done:
             self._unfinished = True
 
     async def abandon(self):
         """Abandon the open attempt: interrupt the service and drop what is left of it."""
         self._attempt = None
-        self._abandoned_contexts.extend(self._attempt_contexts)
-        self._attempt_contexts.clear()
+        self._retire_contexts()
         self._unfinished = False
         await self._interrupt()
+
+    def _retire_contexts(self):
+        for context_id in self._attempt_contexts:
+            self._abandoned_contexts[context_id] = None
+        self._attempt_contexts.clear()
+        while len(self._abandoned_contexts) > _ABANDONED_CONTEXTS_KEPT:
+            del self._abandoned_contexts[next(iter(self._abandoned_contexts))]
 
     async def _interrupt(self):
         """Interrupt the service; drop what it pushes until the interruption comes out."""

@@ -62,7 +62,7 @@ from pipecat_tts_failover.events import (
 )
 from pipecat_tts_failover.latency import AdaptiveTimeout, parse_quantile
 from pipecat_tts_failover.policy import CallPolicy
-from pipecat_tts_failover.provider_link import ProviderLink
+from pipecat_tts_failover.provider_link import ProviderLink, provider_setup
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
 from pipecat_tts_failover.sentence import SentenceRun
@@ -355,7 +355,7 @@ class FailoverTTSService(BasePipeline):
         await super().setup(setup)
         self._out_sample_rate = setup.audio_out_sample_rate
         self._setup_finished()
-        await self._setup_processors(self.processors, setup)
+        await self._setup_processors(self.processors, provider_setup(setup))
 
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
@@ -555,6 +555,13 @@ class FailoverTTSService(BasePipeline):
             turn = self._turn = _Turn(str(uuid.uuid4()), append_to_context=True)
         assert turn is not None
         announcement = await self._announce(text, text_type, turn)
+        if not turn.started:
+            # As pipecat's services do: the turn's started frame goes out with
+            # its first request, ahead of any audio.
+            turn.started = True
+            started = TTSStartedFrame(context_id=turn.context_id)
+            started.append_to_context = turn.append_to_context
+            await self.push_frame(started)
 
         if self._return_immediately:
             await self._return_if_recovered()
@@ -632,11 +639,6 @@ class FailoverTTSService(BasePipeline):
         self, frame: Frame, turn: _Turn, announcement: AggregatedTextFrame, resample
     ):
         """Push what the caller hears, as one stream: one context, one started frame."""
-        if not turn.started:
-            turn.started = True
-            started = TTSStartedFrame(context_id=turn.context_id)
-            started.append_to_context = turn.append_to_context
-            await self.push_frame(started)
         if isinstance(frame, TTSAudioRawFrame):
             frame = await resample(frame)
             if not frame.audio:

@@ -15,7 +15,8 @@ def test_rms_of_16_bit_pcm():
     assert pcm16_rms(b"") == 0.0
     assert pcm16_rms(pcm([0] * 100)) == 0.0
     assert pcm16_rms(pcm([1000, -1000] * 50)) == 1000.0
-    assert pcm16_rms(pcm([3, 4]) + b"\x01") == pytest.approx(12.5**0.5)  # odd byte ignored
+    # Whole sample units; a trailing odd byte is ignored.
+    assert pcm16_rms(pcm([300, 400]) + b"\x01") == pytest.approx(125_000**0.5, abs=1)
 
 
 def test_digital_silence_and_dither_are_not_audible_but_speech_is():

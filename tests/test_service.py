@@ -17,7 +17,7 @@ from pipecat.frames.frames import (
 )
 
 from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
-from tests.support.pipeline import PipelineHarness
+from tests.support.pipeline import FirstPushObserver, PipelineHarness
 from tests.support.scripted import ScriptedTTSService, decode_audio, plan
 
 SENTENCES = [
@@ -169,7 +169,28 @@ async def test_downstream_sees_one_coherent_stream_per_sentence(store):
         assert started.context_id == stopped.context_id
     contexts = {f.context_id for f in h.of(TTSAudioRawFrame, TTSTextFrame)}
     assert contexts == {f.context_id for f in h.of(TTSStartedFrame)}
+    # The first sound waits for no text: the words held until the audio proved
+    # audible follow it.
+    first_audio = next(i for i, f in enumerate(h.down) if isinstance(f, TTSAudioRawFrame))
+    first_word = next(i for i, f in enumerate(h.down) if isinstance(f, TTSTextFrame))
+    assert first_audio < first_word
     assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
+
+
+async def test_observers_see_what_the_caller_hears_and_nothing_of_abandoned_attempts(store):
+    # The primary speaks two words, then stalls: its started frame, its two
+    # words and their audio were pushed inside its pipeline, but only the
+    # words the caller heard, one started and one stopped frame may reach the
+    # pipeline's observers (RTVI would tell the client the bot started
+    # speaking once per attempt).
+    services = providers(plan({0: "stall"}), None, stall_after_words=2)
+    observer = FirstPushObserver()
+    h = await speak_all(failover(services, store), SENTENCES[:1], observers=[observer])
+
+    assert heard(h) == SENTENCES[0].split()
+    assert len(observer.of(TTSStartedFrame)) == 1 and len(observer.of(TTSStoppedFrame)) == 1
+    assert [f.text for f in observer.of(TTSTextFrame)] == SENTENCES[0].split()
+    assert [f.id for f in observer.of(TTSAudioRawFrame)] == [f.id for f in h.audio]
 
 
 async def test_late_audio_from_an_abandoned_attempt_never_reaches_the_caller(store):

@@ -4,6 +4,7 @@ import asyncio
 from collections.abc import Callable
 
 from pipecat.frames.frames import EndFrame, Frame, StartFrame, TTSAudioRawFrame, TTSTextFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
@@ -36,6 +37,20 @@ class _Recorder(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
+class FirstPushObserver(BaseObserver):
+    """Records every frame the first time it is pushed, as RTVI's observer reports frames."""
+
+    def __init__(self):
+        super().__init__(observe_every_push=False)
+        self.frames: list[Frame] = []
+
+    async def on_push_frame(self, data: FramePushed):
+        self.frames.append(data.frame)
+
+    def of(self, *types: type[Frame]) -> list[Frame]:
+        return [f for f in self.frames if isinstance(f, types)]
+
+
 class PipelineHarness:
     """Runs ``[recorder, processor, recorder]`` under pipecat's worker and runner.
 
@@ -47,6 +62,7 @@ class PipelineHarness:
         processor: The processor under test.
         audio_out_sample_rate: The pipeline's output sample rate.
         on_down: Called with each frame as it reaches the end of the pipeline.
+        observers: The pipeline's observers.
     """
 
     def __init__(
@@ -55,6 +71,7 @@ class PipelineHarness:
         *,
         audio_out_sample_rate: int = 16000,
         on_down: Callable[[Frame], None] | None = None,
+        observers: list[BaseObserver] | None = None,
     ):
         self.processor = processor
         self.down: list[Frame] = []
@@ -66,6 +83,7 @@ class PipelineHarness:
             Pipeline([source, processor, sink]),
             cancel_on_idle_timeout=False,
             params=PipelineParams(audio_out_sample_rate=audio_out_sample_rate),
+            observers=observers,
         )
         self._runner = WorkerRunner()
         self._run: asyncio.Task | None = None
