@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from loguru import logger
-from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame  # noqa: E402
+from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.service_switcher import (
     ServiceSwitcher,
@@ -224,8 +224,8 @@ async def overhead(n: int, repeats: int) -> dict:
             cpu[kind].append(time.process_time() - t0)
             latency[kind].extend(t - pushed[i] for i, t in received.items() if i in pushed)
     result = {kind: _summary(cpu[kind], latency[kind], repeats) for kind in kinds}
-    # Every scripted word is 60 ms of audio.
-    result["audio_s"] = sum(len(t.split()) for t in texts) * 0.06
+    # Every character of a scripted word is 60 ms of audio.
+    result["audio_s"] = sum(len(w) for t in texts for w in t.split()) * 0.06
     return result
 
 

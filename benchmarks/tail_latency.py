@@ -30,16 +30,16 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from loguru import logger  # noqa: E402
-from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame  # noqa: E402
-from pipecat.pipeline.service_switcher import (  # noqa: E402
+from loguru import logger
+from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
+from pipecat.pipeline.service_switcher import (
     ServiceSwitcher,
     ServiceSwitcherStrategyFailover,
 )
 
-from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore  # noqa: E402
-from tests.support.pipeline import PipelineHarness  # noqa: E402
-from tests.support.scripted import ScriptedTTSService  # noqa: E402
+from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore
+from tests.support.pipeline import PipelineHarness
+from tests.support.scripted import ScriptedTTSService
 
 HANG = 1e6
 SENTENCE = "We will be right with you"
@@ -64,10 +64,10 @@ def backup_latency(call: int, request: int) -> float:
 
 def make_services(call: int):
     primary = ScriptedTTSService(
-        provider_index=0, ttfb=lambda i: primary_latency(call, i), ms_per_word=40, name="primary"
+        provider_index=0, ttfb=lambda i: primary_latency(call, i), ms_per_char=8, name="primary"
     )
     backup = ScriptedTTSService(
-        provider_index=1, ttfb=lambda i: backup_latency(call, i), ms_per_word=40, name="backup"
+        provider_index=1, ttfb=lambda i: backup_latency(call, i), ms_per_char=8, name="backup"
     )
     return primary, backup
 

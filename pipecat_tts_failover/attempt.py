@@ -14,8 +14,10 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
 )
+from pipecat.utils.text.base_text_aggregator import TextType
 
 from pipecat_tts_failover.detection import FailureReason, is_audible, reason_for_error
+from pipecat_tts_failover.timeline import WordTimeline
 
 Forward = Callable[[Frame], Awaitable[None]]
 
@@ -47,6 +49,9 @@ class AttemptResult:
         audible: Whether any audible audio reached the caller.
         first_audio_at: Event-loop time the first audible audio reached the caller.
         lost: The attempt was dropped because another one (a hedge) spoke first.
+        unannounced: Text frames of words the audio shows were heard in full
+            but that had not been passed on when the attempt broke off (their
+            words are in ``spoken_words``): the caller-facing stream owes them.
     """
 
     reason: FailureReason | None = None
@@ -55,6 +60,7 @@ class AttemptResult:
     audible: bool = False
     first_audio_at: float | None = None
     lost: bool = False
+    unannounced: list[Frame] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -75,8 +81,11 @@ class Attempt:
     the stall deadline, on too long a run of silence, or on an end with no
     audible audio.
 
-    A word counts as heard when the provider timed it (its frame's pts is
-    later than the word before it). Text the service pushes without timing it
+    A word the provider timed (its frame's pts is later than the word
+    before it) has started when its text comes, and is passed on once the
+    audio shows it was said (see :class:`WordTimeline`) or the next word
+    starts; a word cut mid-way is not passed on, and is said again by the
+    next attempt. Text the service pushes without timing it
     (pipecat's "force-complete" of the words left when a context ends,
     which it does on a reconnect as on a normal end) is held until audio
     follows it or the service finishes the sentence, and dropped if the
@@ -111,6 +120,11 @@ class Attempt:
         self._last_word_pts: int | None = None
         self._text: str | None = None
         self._silent_run = 0.0
+        self._timeline: WordTimeline | None = None
+        # Seconds of audio received when each timed word's text arrived.
+        self._arrived: dict[int, float] = {}
+        # The word being said (its text frame and the progress frames after it).
+        self._saying: list[Frame] = []
         self.result = AttemptResult()
         # Whether the service ended the sentence itself, with nothing wrong
         # reported: otherwise it may still hold some of it.
@@ -135,6 +149,7 @@ class Attempt:
     def expect(self, text: str):
         """Tell the attempt the text the provider was asked to speak, to know when all was heard."""
         self._text = text
+        self._timeline = WordTimeline(text)
 
     def limit_stall(self, seconds: float | None):
         """Keep the stall deadline below ``seconds``.
@@ -169,6 +184,8 @@ class Attempt:
         if self.done.done():
             return
         if isinstance(frame, TTSAudioRawFrame):
+            if self._timeline is not None:
+                self._timeline.add_audio(_seconds(frame))
             first = self._last_audio_at is None
             self._last_audio_at = self._loop.time()
             if first and self._timer is not None:
@@ -179,6 +196,8 @@ class Attempt:
                 )
             await self._on_audio(frame)
         elif isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+            if isinstance(frame, TTSTextFrame) and frame.pts and self._timeline is not None:
+                self._arrived[frame.id] = self._timeline.received
             await self._pass(frame)
         elif isinstance(frame, ErrorFrame):
             self._fail_on_error(frame)
@@ -191,7 +210,6 @@ class Attempt:
             elif not self.result.audible:
                 self._fail(FailureReason.SILENT_AUDIO)
             else:
-                await self._confirm_untimed()
                 # Some services (pipecat's Cartesia, on a provider error message)
                 # push a stop frame and then the error in the same step: decide
                 # once that step is over.
@@ -211,8 +229,14 @@ class Attempt:
             self._timer = self._loop.call_at(stall_at, self._on_timer)
 
     def _succeed(self):
+        """The sentence was spoken: the text still held of it is owed to the caller."""
+        for frame in (*self._saying, *self._untimed):
+            if isinstance(frame, TTSTextFrame):
+                self.result.spoken_words.extend(frame.text.split())
+            self.result.unannounced.append(frame)
         self._held.clear()
         self._untimed.clear()
+        self._saying.clear()
         self._finish()
 
     def _finish(self):
@@ -232,14 +256,17 @@ class Attempt:
                 await self._flush_held(frame)
             else:
                 await self._forward(frame)
-            return
-        self._silent_run += len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
-        if self._silent_run > self._deadlines.stall:
-            self._fail(FailureReason.SILENT_AUDIO)
-        elif self.result.audible:
-            await self._forward(frame)
         else:
-            self._held.append(frame)
+            self._silent_run += _seconds(frame)
+            if self._silent_run > self._deadlines.stall:
+                self._fail(FailureReason.SILENT_AUDIO)
+                return
+            if not self.result.audible:
+                self._held.append(frame)
+                return
+            await self._forward(frame)
+        if self._saying and self._timeline is not None and self._timeline.current_said:
+            await self._release_saying()
 
     async def _pass(self, frame: Frame):
         """Forward a word frame in order with the audio around it."""
@@ -248,7 +275,27 @@ class Attempt:
         elif self._untimed or (isinstance(frame, TTSTextFrame) and not self._timed(frame)):
             # A progress frame travels with the text before it.
             self._untimed.append(frame)
+        elif isinstance(frame, TTSTextFrame):
+            # A word starts: the one before it has ended.
+            await self._release_saying()
+            self._start_word(frame)
+        elif self._saying:
+            self._saying.append(frame)
         else:
+            await self._emit_text(frame)
+
+    def _start_word(self, frame: TTSTextFrame):
+        assert frame.pts
+        self._last_word_pts = max(frame.pts, self._last_word_pts or 0)
+        self._saying = [frame]
+        if self._timeline is not None:
+            arrived = self._arrived.pop(frame.id, self._timeline.received)
+            self._timeline.word_started(len(self.result.spoken_words), frame.pts, arrived)
+
+    async def _release_saying(self):
+        """The word being said was heard: pass it on."""
+        saying, self._saying = self._saying, []
+        for frame in saying:
             await self._emit_text(frame)
 
     def _timed(self, frame: TTSTextFrame) -> bool:
@@ -259,6 +306,9 @@ class Attempt:
 
     async def _confirm_untimed(self):
         """Audio (or the end of the sentence) followed the untimed text: it was spoken."""
+        if not self._untimed:
+            return
+        await self._release_saying()
         untimed, self._untimed = self._untimed, []
         for frame in untimed:
             await self._emit_text(frame)
@@ -277,7 +327,7 @@ class Attempt:
         await self._forward(first_audible)
         for frame in held:
             if not isinstance(frame, TTSAudioRawFrame):
-                await self._emit_text(frame)
+                await self._pass(frame)
 
     async def _emit_text(self, frame: Frame):
         if isinstance(frame, TTSTextFrame):
@@ -285,6 +335,30 @@ class Attempt:
             if frame.pts:
                 self._last_word_pts = max(frame.pts, self._last_word_pts or 0)
         await self._forward(frame)
+
+    def _settle_words_at_break(self):
+        """Keep, of the words not passed on yet, those the audio shows were said in full.
+
+        The word being said when the attempt broke off counts if most of it was
+        heard, and so do words after it that the audio covers though their
+        text never came; they are owed to the caller-facing stream. A word cut
+        before then is left for the next attempt to say.
+        """
+        saying, self._saying = self._saying, []
+        timeline = self._timeline
+        if timeline is None or timeline.current_index is None:
+            return
+        if saying and not timeline.current_said:
+            return
+        spoken = self.result.spoken_words
+        for frame in saying:
+            if isinstance(frame, TTSTextFrame):
+                spoken.extend(frame.text.split())
+        self.result.unannounced.extend(saying)
+        words = timeline.said_after_current()
+        if words and timeline.current_index == len(spoken) - 1:
+            spoken.extend(words)
+            self.result.unannounced.append(TTSTextFrame(" ".join(words), TextType.WORD))
 
     def _heard_everything(self) -> bool:
         """Whether every word of the sentence has reached the caller."""
@@ -301,6 +375,8 @@ class Attempt:
         self.service_done = False
         if self.done.done():
             return
+        self._settle_words_at_break()
+        self._untimed.clear()
         if self._heard_everything():
             # The caller heard the whole sentence: what went wrong after its
             # last word (no end message, an error, trailing silence) is not
@@ -309,8 +385,11 @@ class Attempt:
             return
         self.result.reason = reason
         self.result.error = error
-        self._untimed.clear()
         self._finish()
+
+
+def _seconds(frame: TTSAudioRawFrame) -> float:
+    return len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
 
 
 _PUNCTUATION = re.compile(r"[^\w']+", re.UNICODE)

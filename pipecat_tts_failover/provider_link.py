@@ -5,7 +5,6 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
-from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     AggregatedTextProgressFrame,
@@ -21,6 +20,7 @@ from pipecat.frames.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
 )
+from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.pipeline.pipeline import Pipeline, PipelineSink, PipelineSource
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService

@@ -139,6 +139,7 @@ class SentenceRun:
                 if attempt.first_audio_latency is not None:
                     self.report.latencies.append((attempt.provider_id, attempt.first_audio_latency))
                 if result.ok:
+                    await self._announce_unannounced(result)
                     link.close_attempt()
                     self.report.spoken_by = attempt.provider_id
                     if result.first_audio_at is not None:
@@ -167,6 +168,11 @@ class SentenceRun:
         attempt.start()
         return attempt
 
+    async def _announce_unannounced(self, result: AttemptResult):
+        """Pass on the text of words the caller heard that had not been passed on yet."""
+        for frame in result.unannounced:
+            await self._forward(frame)
+
     async def _drop_others(self, keep: Attempt | None):
         for attempt in [a for a in self._running if a is not keep]:
             link = self._running.pop(attempt)
@@ -186,6 +192,7 @@ class SentenceRun:
         await self._on_failed(pid, result.reason)
         if self._selected is attempt:
             # Part of the sentence was heard: the rest is said from the first unheard word.
+            await self._announce_unannounced(result)
             self._selected = None
             self._remaining = unspoken_text(self._remaining, result.spoken_words) or self._remaining
         if self._running:

@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
-from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     AggregatedTextProgressFrame,
@@ -65,6 +64,7 @@ from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink, provider_setup
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
+from pipecat_tts_failover.resampling import SentenceResampler
 from pipecat_tts_failover.sentence import SentenceRun
 from pipecat_tts_failover.speed import SpeedTracker
 from pipecat_tts_failover.store.base import Controls, HealthStore
@@ -567,13 +567,13 @@ class FailoverTTSService(BasePipeline):
             await self._return_if_recovered()
         unusable = [pid for pid, link in self._links.items() if not link.is_usable]
         order = self._policy.order_for_sentence(unusable)
-        resample = self._resampler_for()
+        resampler = SentenceResampler(self._out_sample_rate)
         run = SentenceRun(
             links=self._links,
             order=order,
             text=text,
             deadlines=self._speed.deadlines,
-            forward=lambda frame: self._forward(frame, turn, announcement, resample),
+            forward=lambda frame: self._forward(frame, turn, announcement, resampler),
             append_to_context=turn.append_to_context,
             hedge_after=self._speed.hedge_delay(order[0]) if order else None,
             hedge_allowed=self._speed.hedge_allowed,
@@ -584,6 +584,8 @@ class FailoverTTSService(BasePipeline):
         self._run = run
         report = await run.run()
         self._run = None
+        if report.spoken_by is not None and (tail := await resampler.flush()):
+            await self._forward(tail, turn, announcement, resampler)
 
         for pid, result in report.attempts:
             self._notify(SentenceAttempted(pid, result.reason))
@@ -622,25 +624,16 @@ class FailoverTTSService(BasePipeline):
         await self.push_frame(frame)
         return frame
 
-    def _resampler_for(self):
-        resampler = None
-
-        async def resample(frame: TTSAudioRawFrame) -> TTSAudioRawFrame:
-            nonlocal resampler
-            if not self._out_sample_rate or frame.sample_rate == self._out_sample_rate:
-                return frame
-            resampler = resampler or create_stream_resampler()
-            audio = await resampler.resample(frame.audio, frame.sample_rate, self._out_sample_rate)
-            return TTSAudioRawFrame(audio, self._out_sample_rate, frame.num_channels)
-
-        return resample
-
     async def _forward(
-        self, frame: Frame, turn: _Turn, announcement: AggregatedTextFrame, resample
+        self,
+        frame: Frame,
+        turn: _Turn,
+        announcement: AggregatedTextFrame,
+        resampler: SentenceResampler,
     ):
         """Push what the caller hears, as one stream: one context, one started frame."""
         if isinstance(frame, TTSAudioRawFrame):
-            frame = await resample(frame)
+            frame = await resampler.resample(frame)
             if not frame.audio:
                 return
         if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):

@@ -23,7 +23,7 @@ def prefix(request) -> str:
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: PLW1510 - the exit code is checked below
         [sys.executable, "-m", "pipecat_tts_failover.cli", *args],
         capture_output=True,
         text=True,
@@ -83,9 +83,9 @@ def test_pin_kill_switch_and_reset_reach_the_store(redis, prefix):
         "    print(json.dumps([c.pinned, c.failover_enabled]))\n"
         "asyncio.run(main())\n"
     )
-    read = lambda: json.loads(  # noqa: E731
+    read = lambda: json.loads(
         subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
         ).stdout
     )
     assert read() == ["elevenlabs", False]

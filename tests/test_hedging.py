@@ -164,7 +164,7 @@ async def test_adaptive_deadline_follows_a_shift_within_a_few_sentences():
     store = InMemoryHealthStore()
     # Fast for 10 sentences, then uniformly five times slower.
     shift_at = 10
-    ttfb = lambda i: 0.02 if i < shift_at else 0.1  # noqa: E731
+    ttfb = lambda i: 0.02 if i < shift_at else 0.1
     svc = services(primary_ttfb=ttfb)
     adaptive = AdaptiveTimeout(quantile=0.9, multiplier=1.5, floor=0.04, ceiling=2.0, min_samples=5)
     tts = FailoverTTSService(

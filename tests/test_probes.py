@@ -10,9 +10,9 @@ from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.events import ProbeFinished, ProviderUp
 from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery, run_probe
 from pipecat_tts_failover.store.memory import InMemoryHealthStore
+from pipecat_tts_failover.store.redis import RedisHealthStore
 from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
 from tests.support.emulators import API_KEY, cartesia_ws, elevenlabs_ws
-from pipecat_tts_failover.store.redis import RedisHealthStore
 from tests.support.pipeline import PipelineHarness
 from tests.support.redis_server import RedisServer, running
 
@@ -101,9 +101,10 @@ async def any_store(request):
 async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end(any_store):
     store = any_store
     recorder = Recorder()
-    async with CartesiaEmulator(fault="hang", speed=20) as cartesia, ElevenLabsEmulator(
-        speed=20
-    ) as eleven:
+    async with (
+        CartesiaEmulator(fault="hang", speed=20) as cartesia,
+        ElevenLabsEmulator(speed=20) as eleven,
+    ):
 
         def failover():
             return FailoverTTSService(

@@ -26,7 +26,9 @@ def redis(tmp_path_factory):
 @pytest.fixture
 async def stores(redis, request):
     """Two stores on one Redis and key prefix: two workers of one fleet."""
-    made = [RedisHealthStore(redis.url, key_prefix=f"recovery-{request.node.name}") for _ in range(2)]
+    made = [
+        RedisHealthStore(redis.url, key_prefix=f"recovery-{request.node.name}") for _ in range(2)
+    ]
     for store in made:
         assert await store.connect(timeout=5)
     yield made
@@ -77,7 +79,9 @@ async def test_one_down_and_one_up_alert_per_incident_across_workers(stores, sla
     def worker(store, alerter):
         return FailoverTTSService(
             services={
-                "primary": ScriptedTTSService(provider_index=0, faults=plan(every="error"), stall_after_words=0),
+                "primary": ScriptedTTSService(
+                    provider_index=0, faults=plan(every="error"), stall_after_words=0
+                ),
                 "backup": ScriptedTTSService(provider_index=1),
             },
             store=store,
@@ -94,7 +98,7 @@ async def test_one_down_and_one_up_alert_per_incident_across_workers(stores, sla
     # Both workers' calls hit the broken primary at the same time.
     calls = await asyncio.gather(*(call(s, a) for s, a in zip(stores, alerters)))
     for h in calls:
-        assert h.words == "Both workers fail at once.".split()
+        assert h.words == ["Both", "workers", "fail", "at", "once."]
 
     await slack.wait_for(lambda: len(slack.delivered) >= 2)
     texts = [body["text"] for body in slack.delivered]

@@ -134,6 +134,26 @@ async def test_mid_sentence_stall_resumes_on_backup_from_first_unheard_word(stor
     assert speakers(h)[n0 : n0 + 3] == [0, 0, 1]
 
 
+@pytest.mark.parametrize("at", [0, 1], ids=["first-sentence", "mid-call"])
+@pytest.mark.parametrize("cut_after", [0.5, 2.3], ids=["first-word", "third-word"])
+async def test_word_cut_mid_way_is_said_again_from_its_start(store, at, cut_after):
+    # The primary stops part way through a word: the backup says that word
+    # again, whole, and the rest of the sentence; a word cut at its start is
+    # judged at a typical speech rate, a later one at the rate of the words
+    # before it.
+    services = providers(plan({at: "stall"}), None, stall_after_words=cut_after)
+    h = await speak_all(failover(services, store), SENTENCES[: at + 2])
+
+    failed = SENTENCES[at].split()
+    cut = int(cut_after)
+    assert services["secondary"].requests[0] == " ".join(failed[cut:])
+    before = [w for s in SENTENCES[:at] for w in s.split()]
+    # What the caller heard: the primary up to the middle of the cut word,
+    # then that word again, whole, from the backup, and everything after it.
+    assert heard(h) == before + failed[: cut + 1] + failed[cut:] + SENTENCES[at + 1].split()
+    assert speakers(h).count(1) == len(failed) - cut + len(SENTENCES[at + 1].split())
+
+
 async def test_mid_sentence_error_without_word_timestamps_replays_whole_sentence(store):
     services = providers(plan({1: "error"}), None, word_timestamps=False, stall_after_words=2)
     h = await speak_all(failover(services, store))
@@ -415,8 +435,27 @@ async def test_backup_with_another_sample_rate_is_resampled_to_the_pipeline_rate
     h = await speak_all(failover(services, store), SENTENCES[:2], audio_out_sample_rate=16000)
     assert h.audio and {f.sample_rate for f in h.audio} == {16000}
     seconds = sum(len(f.audio) for f in h.audio) / 2 / 16000
-    expected = len(SENTENCES[0].split() + SENTENCES[1].split()) * 0.06
-    assert abs(seconds - expected) < 0.05
+    # Every character of a word is 60 ms of scripted speech, none of it lost.
+    expected = sum(len(w) for w in SENTENCES[0].split() + SENTENCES[1].split()) * 0.06
+    assert abs(seconds - expected) < 0.01
+
+
+async def test_a_sentence_moving_between_providers_of_two_other_rates_is_resampled_whole(store):
+    # The primary (24 kHz) is cut after two words; the backup (22.05 kHz) says
+    # the rest: each is resampled with its own filter, and the end of the
+    # last word is not left in one.
+    services = {
+        "primary": ScriptedTTSService(
+            provider_index=0, faults=plan({0: "stall"}), stall_after_words=2, sample_rate=24000
+        ),
+        "secondary": ScriptedTTSService(provider_index=1, sample_rate=22050),
+    }
+    h = await speak_all(failover(services, store), SENTENCES[:1], audio_out_sample_rate=16000)
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+    assert {f.sample_rate for f in h.audio} == {16000}
+    assert h.words == SENTENCES[0].split()
+    seconds = sum(len(f.audio) for f in h.audio) / 2 / 16000
+    assert abs(seconds - sum(len(w) for w in SENTENCES[0].split()) * 0.06) < 0.01
 
 
 #

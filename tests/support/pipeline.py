@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Callable
+from typing import Self
 
 from pipecat.frames.frames import EndFrame, Frame, StartFrame, TTSAudioRawFrame, TTSTextFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -89,7 +90,7 @@ class PipelineHarness:
         self._run: asyncio.Task | None = None
         self._ended = False
 
-    async def __aenter__(self) -> "PipelineHarness":
+    async def __aenter__(self) -> Self:
         started = asyncio.Event()
 
         @self._worker.event_handler("on_pipeline_started")

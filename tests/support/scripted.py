@@ -75,11 +75,13 @@ class ScriptedTTSService(TTSService):
             do; otherwise yield it from ``run_tts`` as HTTP services do.
         word_timestamps: Report word timestamps (else the base class pushes the
             sentence's text after its audio).
-        ms_per_word: Audio length of one word.
+        ms_per_char: Audio length of each character of a word, as real speech
+            (and the emulators): a word lasts as long as it is long.
         chunk_ms: Audio length of one chunk.
         pace: Seconds to wait between chunks (0: as fast as possible).
         ttfb: Seconds before the first chunk, or a function of the request index.
-        stall_after_words: For ``stall``: words spoken before the audio stops.
+        stall_after_words: For ``stall``: words spoken before the audio stops
+            (1.5: the first word and half the second).
         **kwargs: Passed to ``TTSService`` (``sample_rate``, for one).
     """
 
@@ -90,11 +92,11 @@ class ScriptedTTSService(TTSService):
         faults: FaultPlan | None = None,
         websocket: bool = True,
         word_timestamps: bool = True,
-        ms_per_word: int = 60,
-        chunk_ms: int = 20,
+        ms_per_char: int = 60,
+        chunk_ms: int = 60,
         pace: float = 0.0,
         ttfb: float | Callable[[int], float] = 0.0,
-        stall_after_words: int = 2,
+        stall_after_words: float = 2,
         **kwargs,
     ):
         super().__init__(
@@ -108,7 +110,7 @@ class ScriptedTTSService(TTSService):
         self.faults = faults or plan()
         self.websocket = websocket
         self.word_timestamps = word_timestamps
-        self.ms_per_word = ms_per_word
+        self.ms_per_char = ms_per_char
         self.chunk_ms = chunk_ms
         self.pace = pace
         self.ttfb = ttfb
@@ -170,26 +172,34 @@ class ScriptedTTSService(TTSService):
         if fault == "empty":
             return
         words = text.split()
-        samples_per_word = self.sample_rate * self.ms_per_word // 1000
         samples_per_chunk = self.sample_rate * self.chunk_ms // 1000
+        start = 0.0
         for i, word in enumerate(words):
-            if fault == "stall" and i == self.stall_after_words:
+            seconds = len(word) * self.ms_per_char / 1000
+            # A fractional stall_after_words cuts the next word: 1.5 stops half way through the second.
+            cut = self.stall_after_words - i if fault == "stall" else 1.0
+            if cut <= 0:
                 await asyncio.Event().wait()
             if fault == "error" and i == self.stall_after_words:
                 yield ErrorFrame("scripted provider error message")
                 return
             if self.word_timestamps:
-                await self.add_word_timestamps([(word, i * self.ms_per_word / 1000)], context_id)
+                await self.add_word_timestamps([(word, start)], context_id)
+            start += seconds
             value = 0 if fault == "zeros" else word_code(word, self.provider_index)
-            audio = np.full(samples_per_word, value, dtype="<i2").tobytes()
-            for start in range(0, len(audio), samples_per_chunk * 2):
+            audio = np.full(round(self.sample_rate * seconds), value, dtype="<i2").tobytes()
+            if cut < 1:
+                audio = audio[: int(len(audio) * cut) & ~1]
+            for at in range(0, len(audio), samples_per_chunk * 2):
                 yield TTSAudioRawFrame(
-                    audio[start : start + samples_per_chunk * 2],
+                    audio[at : at + samples_per_chunk * 2],
                     self.sample_rate,
                     1,
                     context_id=context_id,
                 )
                 if self.pace:
                     await asyncio.sleep(self.pace)
+            if cut < 1:
+                await asyncio.Event().wait()
             if fault == "slow":
                 await asyncio.sleep(10)
