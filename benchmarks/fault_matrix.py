@@ -206,11 +206,9 @@ on. The call runs twice:
   stall_timeout={stall:g})` holding the primary, and the other provider's WebSocket
   service as the backup. *Detected as* is the `FailureReason` of the failed sentence
   (*passed over*: pipecat had already marked the service unusable, so it was given no
-  sentence); *other audio* is audio heard that is no whole word of the call: the part
-  of a word the provider was cutting short when it failed, or a word heard twice. A
-  word counts as heard once the provider's word frame for it is out, so the backup
-  goes on from the next word: when the provider failed mid-word, the rest of that word
-  is not heard, and its sentence is not counted as heard in full.
+  sentence); *other audio* is audio heard that is no whole word of the call: the
+  beginning of a word the provider was cutting short when it failed (the backup then
+  says that word again, whole, and goes on from there), or a word heard twice.
 
 A sentence is heard in full when the audio of each of its words reached the end of the
 pipeline whole and in order (the emulators' audio for a word is a pure function of the

@@ -31,7 +31,12 @@ BENCHMARKS = [
         "for pipecat's `ServiceSwitcher` with `ServiceSwitcherStrategyFailover` on the same "
         "scripted providers; the dead air of the first failed sentence; the time from the "
         "failure being known to the backup's request. Then the CPU and per-frame latency the "
-        "wrapper adds on a healthy call.",
+        "wrapper adds on a healthy call: with a scripted service that does next to nothing "
+        "itself (where any pipecat processor's own cost shows at full size: "
+        "`Pipeline([service])` is given for scale), and with pipecat's real "
+        "`CartesiaTTSService` streaming from the emulator in another process. Budgets: "
+        "backup request within 20 ms of an error or of the deadline; at most 5 % CPU and "
+        "0.1 ms p99 added per frame.",
     ),
     (
         "Tail latency: adaptive deadlines and hedging",

@@ -121,7 +121,7 @@ class Attempt:
         self._text: str | None = None
         self._silent_run = 0.0
         self._timeline: WordTimeline | None = None
-        # Seconds of audio received when each timed word's text arrived.
+        # Seconds of audio received when the first timed words' text arrived.
         self._arrived: dict[int, float] = {}
         # The word being said (its text frame and the progress frames after it).
         self._saying: list[Frame] = []
@@ -196,8 +196,10 @@ class Attempt:
                 )
             await self._on_audio(frame)
         elif isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
-            if isinstance(frame, TTSTextFrame) and frame.pts and self._timeline is not None:
-                self._arrived[frame.id] = self._timeline.received
+            timeline = self._timeline
+            if timeline is not None and timeline.current_index is None and frame.pts:
+                # Where the first timed word sits in the audio.
+                self._arrived[frame.id] = timeline.received
             await self._pass(frame)
         elif isinstance(frame, ErrorFrame):
             self._fail_on_error(frame)
@@ -230,6 +232,8 @@ class Attempt:
 
     def _succeed(self):
         """The sentence was spoken: the text still held of it is owed to the caller."""
+        if self.done.done():
+            return
         for frame in (*self._saying, *self._untimed):
             if isinstance(frame, TTSTextFrame):
                 self.result.spoken_words.extend(frame.text.split())

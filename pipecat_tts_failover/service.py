@@ -631,7 +631,7 @@ class FailoverTTSService(BasePipeline):
         announcement: AggregatedTextFrame,
         resampler: SentenceResampler,
     ):
-        """Push what the caller hears, as one stream: one context, one started frame."""
+        """Push what the caller hears as one stream: one context id, at the pipeline's rate."""
         if isinstance(frame, TTSAudioRawFrame):
             frame = await resampler.resample(frame)
             if not frame.audio:
