@@ -146,10 +146,20 @@ class Attempt:
         at = self.result.first_audio_at
         return None if at is None else at - self.started_at
 
-    def expect(self, text: str):
-        """Tell the attempt the text the provider was asked to speak, to know when all was heard."""
+    def expect(self, text: str, seconds_per_char: float | None = None):
+        """Tell the attempt the text the provider was asked to speak.
+
+        Args:
+            text: The text; the attempt knows from it when all was heard.
+            seconds_per_char: The provider's speech rate, when it was measured.
+        """
         self._text = text
-        self._timeline = WordTimeline(text)
+        self._timeline = WordTimeline(text, seconds_per_char)
+
+    @property
+    def speech_rate(self) -> float | None:
+        """Seconds per character the provider spoke at in this attempt, once two words told."""
+        return None if self._timeline is None else self._timeline.measured_rate
 
     def limit_stall(self, seconds: float | None):
         """Keep the stall deadline below ``seconds``.

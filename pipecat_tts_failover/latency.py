@@ -139,11 +139,19 @@ class HedgeBudget:
 
 @dataclass
 class ProviderStats:
-    """What a process has learned of one provider's speed."""
+    """What a process has learned of one provider's speed.
+
+    Parameters:
+        latency: First-audio latencies of its recent sentences.
+        hedges: Its hedge budget, when hedging is on.
+        reported_slow: Whether it was reported slow and has not recovered.
+        speech_rate: Seconds per character it last spoke at (see ``WordTimeline``).
+    """
 
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     hedges: HedgeBudget | None = None
     reported_slow: bool = False
+    speech_rate: float | None = None
 
 
 _stats: "weakref.WeakKeyDictionary[object, dict[str, ProviderStats]]" = weakref.WeakKeyDictionary()

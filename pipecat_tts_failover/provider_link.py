@@ -26,6 +26,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.tts_service import TTSService
 
 from pipecat_tts_failover.attempt import Attempt
+from pipecat_tts_failover.latency import ProviderStats
 
 # What a TTS service pushes downstream while it speaks: these belong to the
 # attempt in flight, or to nobody.
@@ -119,9 +120,13 @@ class ProviderLink:
         provider_id: The normalized provider id.
         service: The provider's pipecat TTS service.
         pass_on: Called with frames that are not speech, to pass them on.
+        stats: What the process has learned of the provider (its speech rate is
+            read and kept here).
     """
 
-    def __init__(self, provider_id: str, service: TTSService, pass_on: PassOn):
+    def __init__(
+        self, provider_id: str, service: TTSService, pass_on: PassOn, stats: ProviderStats
+    ):
         self.provider_id = provider_id
         self.service = service
         self._pass_on = pass_on
@@ -143,6 +148,7 @@ class ProviderLink:
         # The last attempt was closed before the service ended its sentence.
         self._unfinished = False
         self._stall_limit = _stall_limit(service)
+        self._stats = stats
 
     @property
     def is_usable(self) -> bool:
@@ -160,7 +166,7 @@ class ProviderLink:
         if self._unfinished:
             self._unfinished = False
             await self._interrupt()
-        attempt.expect(text)
+        attempt.expect(text, self._stats.speech_rate)
         attempt.limit_stall(self._stall_limit)
         self._attempt = attempt
         await self.pipeline.queue_frame(TTSSpeakFrame(text, append_to_context=append_to_context))
@@ -170,6 +176,9 @@ class ProviderLink:
         attempt, self._attempt = self._attempt, None
         # Nothing more of its contexts belongs to anyone.
         self._retire_contexts()
+        if attempt is not None and attempt.speech_rate:
+            # For the next sentence's first word, here and in the process's other calls.
+            self._stats.speech_rate = attempt.speech_rate
         if attempt is not None and not attempt.service_done:
             self._unfinished = True
 

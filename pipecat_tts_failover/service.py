@@ -297,7 +297,8 @@ class FailoverTTSService(BasePipeline):
         self._listeners: list[FailoverListener] = listeners
 
         self._links = {
-            pid: ProviderLink(pid, service, self._pass_on) for pid, service in resolved.items()
+            pid: ProviderLink(pid, service, self._pass_on, self._speed.stats(pid))
+            for pid, service in resolved.items()
         }
         self._text_aggregator = SimpleTextAggregator()
         self._writer = StoreWriter(str(self))

@@ -14,20 +14,23 @@ class WordTimeline:
     with the word's timestamp. The first timed word fixes where the timestamps
     sit in the audio received; each later word's start follows from its
     timestamp. How long a word lasts is not sent, so it is estimated from its
-    length at the speech rate of the words before it (a typical rate for the
-    first): a word has been said once the audio received covers
+    length at the speech rate of the words before it (for the first, the rate
+    the provider was last measured at, or a typical one): a word has been said
+    once the audio received covers
     :data:`HEARD_SHARE` of that. A word cut before then is not said, and
     is spoken again by the next provider.
 
     Args:
         text: The sentence, as the provider was asked to speak it.
+        seconds_per_char: The provider's speech rate, if it is known.
     """
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, seconds_per_char: float | None = None):
         self._tokens = text.split()
         self.received = 0.0
         self._origin: tuple[int, int, float] | None = None
-        self._rate = TYPICAL_SECONDS_PER_CHAR
+        self._rate = seconds_per_char or TYPICAL_SECONDS_PER_CHAR
+        self.measured_rate: float | None = None
         # The word last started: its index, where it starts and when it counts as said.
         self._current: tuple[int, float, float] | None = None
 
@@ -49,7 +52,7 @@ class WordTimeline:
         start = origin_at + (pts - origin_pts) / 1e9
         if index > origin and start > origin_at:
             chars_before = len(" ".join(self._tokens[origin:index])) + 1
-            self._rate = (start - origin_at) / chars_before
+            self._rate = self.measured_rate = (start - origin_at) / chars_before
         self._current = (index, start, start + HEARD_SHARE * self._length(index) * self._rate)
 
     @property

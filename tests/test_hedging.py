@@ -162,9 +162,10 @@ def test_adaptive_deadline_is_a_clamped_multiple_of_the_tail():
 
 async def test_adaptive_deadline_follows_a_shift_within_a_few_sentences():
     store = InMemoryHealthStore()
-    # Fast for 10 sentences, then uniformly five times slower.
+    # Fast for 10 sentences, then uniformly seven times slower (enough that the
+    # fast phase's deadline cannot cover it even on a loaded machine).
     shift_at = 10
-    ttfb = lambda i: 0.02 if i < shift_at else 0.1
+    ttfb = lambda i: 0.02 if i < shift_at else 0.15
     svc = services(primary_ttfb=ttfb)
     adaptive = AdaptiveTimeout(quantile=0.9, multiplier=1.5, floor=0.04, ceiling=2.0, min_samples=5)
     tts = FailoverTTSService(

@@ -154,6 +154,26 @@ async def test_word_cut_mid_way_is_said_again_from_its_start(store, at, cut_afte
     assert speakers(h).count(1) == len(failed) - cut + len(SENTENCES[at + 1].split())
 
 
+async def test_first_word_is_judged_at_the_rate_the_provider_was_measured_at(store):
+    # A fast provider (30 ms a character) stops right after the first word of
+    # the second sentence: "Your" was said whole, in less audio than a typical
+    # speaker needs for it; the rate measured on the first sentence tells so,
+    # and the word is not said twice.
+    # (a threshold of two keeps the primary from being marked down for the next call)
+    services = providers(plan({1: "stall"}), None, stall_after_words=1, ms_per_char=30)
+    h = await speak_all(failover(services, store, failure_threshold=2), SENTENCES[:2])
+
+    assert services["secondary"].requests == [" ".join(SENTENCES[1].split()[1:])]
+    assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
+    assert h.words == SENTENCES[0].split() + SENTENCES[1].split()
+
+    # The process remembers it: the next call's very first sentence is judged the same way.
+    services = providers(plan({0: "stall"}), None, stall_after_words=1, ms_per_char=30)
+    h = await speak_all(failover(services, store, failure_threshold=2), SENTENCES[:1])
+    assert services["secondary"].requests == [" ".join(SENTENCES[0].split()[1:])]
+    assert heard(h) == SENTENCES[0].split()
+
+
 async def test_mid_sentence_error_without_word_timestamps_replays_whole_sentence(store):
     services = providers(plan({1: "error"}), None, word_timestamps=False, stall_after_words=2)
     h = await speak_all(failover(services, store))
