@@ -172,6 +172,15 @@ class Attempt:
         if seconds is not None and seconds < self._deadlines.stall:
             self._deadlines = dataclasses.replace(self._deadlines, stall=seconds)
 
+    def extend_first_audio(self, seconds: float):
+        """Wait for the first audio until ``seconds`` after the request, if that is later."""
+        if self.has_audio or self.done.done() or seconds <= self._deadlines.first_audio:
+            return
+        self._deadlines = dataclasses.replace(self._deadlines, first_audio=seconds)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._loop.call_at(self.started_at + seconds, self._on_timer)
+
     def start(self):
         """Start the first-audio deadline (call once the request is sent)."""
         self.started_at = self._loop.time()

@@ -196,8 +196,12 @@ class SentenceRun:
             self._selected = None
             self._remaining = unspoken_text(self._remaining, result.spoken_words) or self._remaining
         if self._running:
-            # A hedge is already speaking the sentence: it carries on as the failover.
-            to_id = next(iter(self._running)).provider_id
+            # A hedge is already speaking the sentence: it carries on as the failover,
+            # and with nothing left to try after it, it is waited for as the last resort.
+            survivor = next(iter(self._running))
+            to_id = survivor.provider_id
+            if not self._pending:
+                survivor.extend_first_audio(self._deadlines(to_id, True).first_audio)
         elif self._pending:
             to_id = self._pending.pop(0)
         else:

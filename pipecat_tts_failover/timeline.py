@@ -16,9 +16,8 @@ class WordTimeline:
     timestamp. How long a word lasts is not sent, so it is estimated from its
     length at the speech rate of the words before it (for the first, the rate
     the provider was last measured at, or a typical one): a word has been said
-    once the audio received covers
-    :data:`HEARD_SHARE` of that. A word cut before then is not said, and
-    is spoken again by the next provider.
+    once the audio received covers :data:`HEARD_SHARE` of that. A word cut
+    before then is not said, and is spoken again by the next provider.
 
     Args:
         text: The sentence, as the provider was asked to speak it.
@@ -30,6 +29,7 @@ class WordTimeline:
         self.received = 0.0
         self._origin: tuple[int, int, float] | None = None
         self._rate = seconds_per_char or TYPICAL_SECONDS_PER_CHAR
+        # The rate the words of this sentence showed, once two of them started.
         self.measured_rate: float | None = None
         # The word last started: its index, where it starts and when it counts as said.
         self._current: tuple[int, float, float] | None = None

@@ -62,6 +62,40 @@ async def test_slow_primary_is_hedged_and_only_the_first_audible_stream_is_heard
     assert (await store.get(["primary"]))["primary"].down_until is None
 
 
+@pytest.mark.parametrize("order", ["primary-fails-first", "hedge-fails-first"])
+async def test_attempt_left_alone_after_the_other_fails_is_waited_for_as_the_last_resort(order):
+    # Whichever of the two fails first, the other is now the last provider left
+    # for the sentence: it gets the last resort's first-audio deadline (twice
+    # the fixed one) instead of its own, and the sentence is heard, not lost.
+    if order == "primary-fails-first":
+        # The primary times out at 0.3 s; the hedge, sent at 0.1 s, answers at 0.55 s.
+        svc = services(primary_ttfb=2.0, backup_ttfb=0.45)
+        speaker = 1
+    else:
+        # The hedge, sent at 0.1 s, fails at once; the primary answers at 0.45 s,
+        # after its own 0.3 s deadline.
+        svc = {
+            "primary": ScriptedTTSService(provider_index=0, ttfb=0.45),
+            "backup": ScriptedTTSService(
+                provider_index=1, faults=plan(every="error"), stall_after_words=0
+            ),
+        }
+        speaker = 0
+    tts = FailoverTTSService(
+        services=svc, store=InMemoryHealthStore(), first_audio_timeout=0.3, hedge_after=0.1
+    )
+    failed = []
+
+    @tts.event_handler("on_all_providers_failed")
+    async def on_all_failed(processor, text):
+        failed.append(text)
+
+    h = await speak(tts, 1)
+    assert svc["backup"].requests == [SENTENCE]
+    assert failed == []
+    assert heard(h) == [(w, speaker) for w in WORDS]
+
+
 async def test_no_hedge_when_the_primary_speaks_before_the_hedge_delay():
     svc = services(primary_ttfb=0.0)
     tts = FailoverTTSService(services=svc, store=InMemoryHealthStore(), hedge_after=0.5)
