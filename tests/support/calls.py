@@ -83,6 +83,7 @@ async def speak_call(
     cooldown: float = 30.0,
     first_audio_timeout: float = 0.3,
     pace: float = 0.0,
+    ms_per_char: int = 60,
     on_sentence: Mapping[int, Callable[[], Any]] | None = None,
     alerters: Sequence[Any] = (),
     barrier: asyncio.Barrier | None = None,
@@ -97,6 +98,7 @@ async def speak_call(
         cooldown: The processor's ``cooldown``.
         first_audio_timeout: The processor's ``first_audio_timeout`` (and stall timeout).
         pace: Seconds between audio chunks of each provider (0: as fast as possible).
+        ms_per_char: Length of the scripted speech, per character of a word.
         on_sentence: Actions (sync or async) run once the given sentence's
             first audio has reached the caller: faults injected mid-call.
         alerters: More alerters; a recorder of ProviderDown events is always added.
@@ -111,6 +113,7 @@ async def speak_call(
             faults=primary if pid == "primary" else None,
             name=pid,
             pace=pace,
+            ms_per_char=ms_per_char,
             stall_after_words=0,
         )
         for i, pid in enumerate(PROVIDERS)
