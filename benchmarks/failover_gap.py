@@ -307,6 +307,33 @@ class EmulatorProcess:
         await asyncio.wait_for(self._process.wait(), timeout=10)
 
 
+def real_service(kind: str, cartesia: EmulatorProcess, elevenlabs: EmulatorProcess):
+    """pipecat's Cartesia service on the emulator, and what goes in the pipeline for ``kind``.
+
+    ``bare``: the service itself; ``wrapped``: a FailoverTTSService with it as the
+    primary and pipecat's ElevenLabs service as the (idle) backup.
+    """
+    from pipecat.services.cartesia.tts import CartesiaTTSService
+    from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+
+    service = CartesiaTTSService(
+        api_key="test-key",
+        url=f"{cartesia.ws_url}/tts/websocket",
+        settings=CartesiaTTSService.Settings(voice="emulated-voice"),
+    )
+    if kind == "bare":
+        return service, service
+    backup = ElevenLabsTTSService(
+        api_key="test-key",
+        url=elevenlabs.ws_url,
+        settings=ElevenLabsTTSService.Settings(voice="emulated-voice"),
+    )
+    wrapped = FailoverTTSService(
+        services={"cartesia": service, "elevenlabs": backup}, store=InMemoryHealthStore()
+    )
+    return service, wrapped
+
+
 async def real_service_overhead(n: int, repeats: int) -> dict:
     """The same comparison with pipecat's real services, talking to emulators in other processes.
 
@@ -316,9 +343,6 @@ async def real_service_overhead(n: int, repeats: int) -> dict:
     time, each once the last one ended, as in a call. Only this process's
     CPU is counted: the emulators run in their own.
     """
-    from pipecat.services.cartesia.tts import CartesiaTTSService
-    from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
-
     texts = sentences(n)
     kinds = ("bare", "wrapped")
     cpu = {kind: [] for kind in kinds}
@@ -327,11 +351,7 @@ async def real_service_overhead(n: int, repeats: int) -> dict:
         async with EmulatorProcess("elevenlabs", speed=8) as elevenlabs:
             for _ in range(repeats):
                 for kind in kinds:
-                    service = CartesiaTTSService(
-                        api_key="test-key",
-                        url=f"{cartesia.ws_url}/tts/websocket",
-                        settings=CartesiaTTSService.Settings(voice="emulated-voice"),
-                    )
+                    service, processor = real_service(kind, cartesia, elevenlabs)
                     pushed: dict[int, float] = {}
 
                     async def on_push(proc, frame, pushed=pushed):
@@ -339,17 +359,6 @@ async def real_service_overhead(n: int, repeats: int) -> dict:
                             pushed[frame.id] = time.perf_counter()
 
                     service.add_event_handler("on_before_push_frame", on_push)
-                    processor = service
-                    if kind == "wrapped":
-                        backup = ElevenLabsTTSService(
-                            api_key="test-key",
-                            url=elevenlabs.ws_url,
-                            settings=ElevenLabsTTSService.Settings(voice="emulated-voice"),
-                        )
-                        processor = FailoverTTSService(
-                            services={"cartesia": service, "elevenlabs": backup},
-                            store=InMemoryHealthStore(),
-                        )
                     received: dict[int, float] = {}
                     t0 = time.process_time()
                     h = await speak_paced(processor, texts, on_down=_stamp(received))

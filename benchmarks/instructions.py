@@ -35,34 +35,16 @@ _COLLECTED = re.compile(r"Collected : (\d+)")
 async def speak(kind: str, sentences: int):
     """One call: ``sentences`` sentences through the bare or the wrapped service."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from failover_gap import EmulatorProcess, speak_paced
+    from failover_gap import EmulatorProcess, real_service, speak_paced
     from failover_gap import sentences as texts
     from loguru import logger
-    from pipecat.services.cartesia.tts import CartesiaTTSService
-    from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
-
-    from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore
 
     logger.remove()
     async with (
         EmulatorProcess("cartesia", speed=8) as cartesia,
         EmulatorProcess("elevenlabs", speed=8) as elevenlabs,
     ):
-        processor = service = CartesiaTTSService(
-            api_key="test-key",
-            url=f"{cartesia.ws_url}/tts/websocket",
-            settings=CartesiaTTSService.Settings(voice="emulated-voice"),
-        )
-        if kind == "wrapped":
-            backup = ElevenLabsTTSService(
-                api_key="test-key",
-                url=elevenlabs.ws_url,
-                settings=ElevenLabsTTSService.Settings(voice="emulated-voice"),
-            )
-            processor = FailoverTTSService(
-                services={"cartesia": service, "elevenlabs": backup},
-                store=InMemoryHealthStore(),
-            )
+        _, processor = real_service(kind, cartesia, elevenlabs)
         h = await speak_paced(processor, texts(sentences))
         print(f"audio frames: {len(h.audio)}", file=sys.stderr)
 
