@@ -41,6 +41,7 @@ from loguru import logger
 from pipecat.services.tts_service import TTSService
 
 from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore
+from pipecat_tts_failover.testing import FaultKind
 from tests.support.integration import (
     KINDS,
     Call,
@@ -57,20 +58,7 @@ SENTENCES = (
     "Delivery takes three days.",
     "Anything else tonight?",
 )
-FAULTS = (
-    "reject-401",
-    "reject-429",
-    "reject-503",
-    "error",
-    "close-1011",
-    "hang",
-    "stall",
-    "zeros",
-    "empty",
-    "slow-ttfb",
-    "slow-drip",
-    "flap",
-)
+FAULTS = tuple(kind.value for kind in FaultKind)
 # The fault strikes from this sentence on (0-based).
 FROM_SENTENCE = 1
 FIRST_AUDIO_TIMEOUT = 1.0

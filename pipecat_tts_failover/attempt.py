@@ -216,7 +216,8 @@ class Attempt:
             await self._on_audio(frame)
         elif isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
             timeline = self._timeline
-            if timeline is not None and timeline.current_index is None and frame.pts:
+            first_word = timeline is not None and timeline.current_index is None
+            if first_word and isinstance(frame, TTSTextFrame) and frame.pts:
                 # Where the first timed word sits in the audio.
                 self._arrived[frame.id] = timeline.received
             await self._pass(frame)
@@ -253,10 +254,7 @@ class Attempt:
         """The sentence was spoken: the text still held of it is owed to the caller."""
         if self.done.done():
             return
-        for frame in (*self._saying, *self._untimed):
-            if isinstance(frame, TTSTextFrame):
-                self.result.spoken_words.extend(frame.text.split())
-            self.result.unannounced.append(frame)
+        self._owe([*self._saying, *self._untimed])
         self._held.clear()
         self._untimed.clear()
         self._saying.clear()
@@ -355,8 +353,6 @@ class Attempt:
     async def _emit_text(self, frame: Frame):
         if isinstance(frame, TTSTextFrame):
             self.result.spoken_words.extend(frame.text.split())
-            if frame.pts:
-                self._last_word_pts = max(frame.pts, self._last_word_pts or 0)
         await self._forward(frame)
 
     def _settle_words_at_break(self):
@@ -373,15 +369,17 @@ class Attempt:
             return
         if saying and not timeline.current_said:
             return
-        spoken = self.result.spoken_words
-        for frame in saying:
-            if isinstance(frame, TTSTextFrame):
-                spoken.extend(frame.text.split())
-        self.result.unannounced.extend(saying)
+        self._owe(saying)
         words = timeline.said_after_current()
-        if words and timeline.current_index == len(spoken) - 1:
-            spoken.extend(words)
-            self.result.unannounced.append(TTSTextFrame(" ".join(words), TextType.WORD))
+        if words and timeline.current_index == len(self.result.spoken_words) - 1:
+            self._owe([TTSTextFrame(" ".join(words), TextType.WORD)])
+
+    def _owe(self, frames: list[Frame]):
+        """Count these text frames' words as spoken; the caller-facing stream is to pass them on."""
+        for frame in frames:
+            if isinstance(frame, TTSTextFrame):
+                self.result.spoken_words.extend(frame.text.split())
+        self.result.unannounced.extend(frames)
 
     def _heard_everything(self) -> bool:
         """Whether every word of the sentence has reached the caller."""

@@ -12,6 +12,7 @@ import pytest
 
 from pipecat_tts_failover import FailureReason
 from pipecat_tts_failover.latency import AdaptiveTimeout
+from pipecat_tts_failover.testing import FaultKind
 from tests.support.integration import (
     SENTENCES,
     Call,
@@ -23,17 +24,9 @@ from tests.support.integration import (
     speak_call,
 )
 
+# Every fault that breaks a sentence (the slow ones only delay it: see below).
 FAULTS = [
-    "reject-401",
-    "reject-429",
-    "reject-503",
-    "error",
-    "close-1011",
-    "hang",
-    "stall",
-    "zeros",
-    "empty",
-    "flap",
+    kind.value for kind in FaultKind if kind not in (FaultKind.SLOW_TTFB, FaultKind.SLOW_DRIP)
 ]
 # Faults that may cut a sentence short after 120 ms of audio: the word being
 # spoken then (the sentence's first) is heard only in part. See
