@@ -14,6 +14,8 @@ Neither ``prometheus_client`` nor ``opentelemetry`` is imported until a listener
 is constructed.
 """
 
+import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,41 +82,12 @@ class _MetricsListener:
         raise NotImplementedError
 
 
-class PrometheusMetrics(_MetricsListener):
-    """Exports failover metrics with ``prometheus_client``.
+class _PrometheusCollectors:
+    """The collectors of one namespace in one registry, shared by every PrometheusMetrics on them."""
 
-    Install it with ``pip install "pipecat-tts-failover[metrics]"``.
-
-    Names are prefixed with ``namespace`` (``tts_failover_sentences_total``, ...).
-
-    Args:
-        registry: The ``CollectorRegistry`` to register in; the default global
-            registry if None. One registry takes one ``PrometheusMetrics`` per namespace.
-        namespace: Prefix of the metric names.
-
-    Raises:
-        ImportError: If ``prometheus_client`` is not installed.
-
-    Example::
-
-        metrics = PrometheusMetrics()
-        prometheus_client.start_http_server(9100)
-        tts = FailoverTTSService(services=[cartesia, elevenlabs], metrics=metrics)
-    """
-
-    def __init__(self, registry: Any = None, namespace: str = "tts_failover"):
-        try:
-            import prometheus_client as prom
-        except ImportError as e:
-            raise ImportError(
-                "PrometheusMetrics needs prometheus_client: "
-                'pip install "pipecat-tts-failover[metrics]"'
-            ) from e
-        kw: dict[str, Any] = {
-            "namespace": namespace,
-            "registry": prom.REGISTRY if registry is None else registry,
-        }
-        self._counters: Mapping[str, Any] = {
+    def __init__(self, prom: Any, registry: Any, namespace: str):
+        kw: dict[str, Any] = {"namespace": namespace, "registry": registry}
+        self.counters: Mapping[str, Any] = {
             "sentences": prom.Counter(
                 "sentences", "Sentences per provider, by outcome.", ["provider", "outcome"], **kw
             ),
@@ -128,15 +101,77 @@ class PrometheusMetrics(_MetricsListener):
                 "probes", "Recovery probes per provider, by result.", ["provider", "result"], **kw
             ),
         }
-        self._provider_up = prom.Gauge(
+        self.provider_up = prom.Gauge(
             "provider_up", "1 if the provider is marked up, 0 if marked down.", ["provider"], **kw
         )
-        self._gap = prom.Histogram(
+        self.gap = prom.Histogram(
             "failover_gap_seconds",
             "Dead air from the failed request until the new provider's first audible audio.",
             buckets=_GAP_BUCKETS,
             **kw,
         )
+
+
+# Registry -> namespace -> its collectors. A registry registers a metric name
+# once, so every PrometheusMetrics of a process (one per call) shares them.
+_shared: "weakref.WeakKeyDictionary[Any, dict[str, _PrometheusCollectors]]" = (
+    weakref.WeakKeyDictionary()
+)
+_shared_lock = threading.Lock()
+
+
+class PrometheusMetrics(_MetricsListener):
+    """Exports failover metrics with ``prometheus_client``.
+
+    Install it with ``pip install "pipecat-tts-failover[metrics]"``.
+
+    Names are prefixed with ``namespace`` (``tts_failover_sentences_total``, ...).
+    Build one per call if that is how your bot builds its pipeline: every
+    ``PrometheusMetrics`` on the same registry and namespace shares one set of
+    collectors, so the counts of every call add up in one exposition.
+
+    Args:
+        registry: The ``CollectorRegistry`` to register in; the default global
+            registry if None.
+        namespace: Prefix of the metric names.
+
+    Raises:
+        ImportError: If ``prometheus_client`` is not installed.
+        TypeError: If ``namespace`` is not a string.
+        ValueError: If ``namespace`` is empty, or the registry already holds a
+            metric of the same name that this class did not register.
+
+    Example::
+
+        prometheus_client.start_http_server(9100)
+        ...
+        # per call:
+        tts = FailoverTTSService(services=[cartesia, elevenlabs], metrics=PrometheusMetrics())
+    """
+
+    def __init__(self, registry: Any = None, namespace: str = "tts_failover"):
+        try:
+            import prometheus_client as prom
+        except ImportError as e:
+            raise ImportError(
+                "PrometheusMetrics needs prometheus_client: "
+                'pip install "pipecat-tts-failover[metrics]"'
+            ) from e
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if not namespace:
+            raise ValueError("namespace must not be empty")
+        registry = prom.REGISTRY if registry is None else registry
+        with _shared_lock:
+            by_namespace = _shared.setdefault(registry, {})
+            collectors = by_namespace.get(namespace)
+            if collectors is None:
+                collectors = by_namespace[namespace] = _PrometheusCollectors(
+                    prom, registry, namespace
+                )
+        self._counters: Mapping[str, Any] = collectors.counters
+        self._provider_up = collectors.provider_up
+        self._gap = collectors.gap
 
     def _count(self, metric: str, **labels: str) -> None:
         self._counters[metric].labels(**labels).inc()
@@ -161,7 +196,7 @@ class OpenTelemetryMetrics(_MetricsListener):
             ``pipecat_tts_failover`` meter if None.
 
     Raises:
-        ImportError: If ``opentelemetry-api`` is not installed.
+        ImportError: If ``opentelemetry-api`` is not installed (the ``[otel]`` extra).
     """
 
     def __init__(self, meter: Any = None):
@@ -169,7 +204,8 @@ class OpenTelemetryMetrics(_MetricsListener):
             from opentelemetry import metrics as otel
         except ImportError as e:
             raise ImportError(
-                "OpenTelemetryMetrics needs opentelemetry-api: pip install opentelemetry-api"
+                "OpenTelemetryMetrics needs opentelemetry-api: "
+                'pip install "pipecat-tts-failover[otel]"'
             ) from e
         meter = meter or otel.get_meter("pipecat_tts_failover")
         self._counters: Mapping[str, Any] = {

@@ -1,10 +1,13 @@
 """Metrics listeners: what a Prometheus scrape (or an OpenTelemetry reader) sees after events."""
 
+import asyncio
 import subprocess
 import sys
 
 import pytest
+from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
+from pipecat_tts_failover import FailoverTTSService
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.events import (
     FailedOver,
@@ -16,7 +19,12 @@ from pipecat_tts_failover.events import (
 )
 
 prometheus_client = pytest.importorskip("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families
+
 from pipecat_tts_failover.metrics import PrometheusMetrics
+from pipecat_tts_failover.store import InMemoryHealthStore
+from tests.support.pipeline import PipelineHarness
+from tests.support.scripted import ScriptedTTSService, plan
 
 EVENTS = [
     SentenceAttempted("cartesia", None),
@@ -155,3 +163,84 @@ def test_opentelemetry_metrics_record_the_same_things():
     assert gap.count == 2 and gap.sum == pytest.approx(1.25)
     assert tuple(gap.explicit_bounds)[:3] == (0.01, 0.025, 0.05)
     assert points[("tts_failover.probes", (("provider", "cartesia"), ("result", "ok")))].value == 1
+
+
+def test_opentelemetry_import_hint_names_the_extra():
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from pipecat_tts_failover.metrics import OpenTelemetryMetrics\n"
+        "try:\n"
+        "    OpenTelemetryMetrics()\n"
+        "except ImportError as e:\n"
+        "    assert 'pip install \"pipecat-tts-failover[otel]\"' in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no ImportError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_metrics_built_per_call_share_one_set_of_collectors():
+    registry = prometheus_client.CollectorRegistry()
+    first = PrometheusMetrics(registry=registry)
+    second = PrometheusMetrics(registry=registry)
+    other = PrometheusMetrics(registry=registry, namespace="bot")
+    for metrics in (first, second, other):
+        metrics.on_event(SentenceAttempted("cartesia", None))
+
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'tts_failover_sentences_total{outcome="spoken",provider="cartesia"} 2.0' in text
+    assert 'bot_sentences_total{outcome="spoken",provider="cartesia"} 1.0' in text
+    # Another registry starts from zero.
+    assert scrape(EVENTS[:1]).count("sentences_total{") == 1
+
+
+def test_metrics_namespace_is_checked():
+    with pytest.raises(TypeError, match="namespace"):
+        PrometheusMetrics(registry=prometheus_client.CollectorRegistry(), namespace=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="namespace"):
+        PrometheusMetrics(registry=prometheus_client.CollectorRegistry(), namespace="")
+
+
+async def test_three_calls_each_with_its_own_metrics_add_up_in_one_exposition():
+    """As a bot builds its pipeline per call: ``metrics=PrometheusMetrics()`` every time."""
+    registry = prometheus_client.REGISTRY  # what PrometheusMetrics() uses
+    sample = registry.get_sample_value
+
+    def spoken(provider: str) -> float:
+        labels = {"provider": provider, "outcome": "spoken"}
+        return sample("tts_failover_sentences_total", labels) or 0.0
+
+    def failovers() -> float:
+        labels = {"from_provider": "per-call-a", "to_provider": "per-call-b", "reason": "error"}
+        return sample("tts_failover_failovers_total", labels) or 0.0
+
+    before = spoken("per-call-a"), spoken("per-call-b"), failovers()
+
+    async def call(primary_fails: bool):
+        tts = FailoverTTSService(
+            services={
+                "per-call-a": ScriptedTTSService(
+                    provider_index=0, faults=plan({0: "error"} if primary_fails else {})
+                ),
+                "per-call-b": ScriptedTTSService(provider_index=1),
+            },
+            store=InMemoryHealthStore(),
+            first_audio_timeout=0.5,
+            metrics=PrometheusMetrics(),
+        )
+        async with PipelineHarness(tts) as h:
+            for i, text in enumerate(["Hello there caller.", "Your order shipped."]):
+                await h.send(TTSSpeakFrame(text))
+                await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i)
+
+    await asyncio.gather(call(False), call(True), call(False))
+
+    after = spoken("per-call-a"), spoken("per-call-b"), failovers()
+    # Two healthy calls on a; the third fails over to b and stays there.
+    assert [a - b for a, b in zip(after, before)] == [4.0, 2.0, 1.0]
+    text = prometheus_client.generate_latest(registry).decode()
+    families = [
+        f.name for f in text_string_to_metric_families(text) if f.name.startswith("tts_failover_")
+    ]
+    assert sorted(families) == sorted(set(families))  # each metric once
+    assert {"tts_failover_sentences", "tts_failover_failovers"} <= set(families)
