@@ -1,7 +1,9 @@
 """The operator subcommands: status, mark-down, mark-up, pin, unpin, failover, reset.
 
 Each opens a RedisHealthStore on ``--redis-url`` and calls the matching
-function of :mod:`pipecat_tts_failover.operator`.
+function of :mod:`pipecat_tts_failover.operator`. A provider no worker has
+registered is refused (exit status 2, with the registered ones listed) unless
+``--force`` is given.
 """
 
 import argparse
@@ -30,23 +32,35 @@ def add_operator_commands(subparsers: argparse._SubParsersAction):
         parser.set_defaults(handler=lambda args: _run(args, run))
         return parser
 
+    def force(parser: argparse.ArgumentParser):
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="accept a provider id no worker has registered yet",
+        )
+
     parser = command("status", "show every provider's health and the operator controls", _status)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--providers", help="comma-separated provider ids (default: every provider the store knows)"
+        "--providers",
+        help="comma-separated provider ids (default: every provider the workers registered)",
     )
     parser = command("mark-down", "take a provider out of new calls", _mark_down)
     parser.add_argument("provider")
     parser.add_argument("--cooldown", type=_seconds, default=600.0, help="seconds (default: 600)")
+    force(parser)
     parser = command("mark-up", "put a provider back into new calls", _mark_up)
     parser.add_argument("provider")
+    force(parser)
     parser = command("pin", "start every new call on one provider", _pin)
     parser.add_argument("provider")
+    force(parser)
     command("unpin", "let new calls start on the preferred healthy provider", _unpin)
     parser = command("failover", "the kill switch: turn failover on or off", _failover)
     parser.add_argument("state", choices=("on", "off"))
     parser = command("reset", "mark every provider up and clear pin and kill switch", _reset)
     parser.add_argument("--providers", help="comma-separated provider ids (default: all known)")
+    force(parser)
 
 
 def _seconds(text: str) -> float:
@@ -81,6 +95,9 @@ def _run(args: argparse.Namespace, run) -> int:
                 return 1
             return await run(store, args)
         except (HealthStoreError, ValueError) as e:
+            if _is_unknown_provider(e):
+                print(f"pipecat-tts-failover: {e}\n(--force to use it anyway)", file=sys.stderr)
+                return 2
             print(f"pipecat-tts-failover: {e}", file=sys.stderr)
             return 1
         finally:
@@ -97,6 +114,26 @@ def _operator():
     from pipecat_tts_failover import operator
 
     return operator
+
+
+def _is_unknown_provider(error: Exception) -> bool:
+    operator = sys.modules.get("pipecat_tts_failover.operator")
+    return operator is not None and isinstance(error, operator.UnknownProviderError)
+
+
+def _normalized(provider_id: str) -> str:
+    from pipecat_tts_failover.providers import normalize_provider_id
+
+    return normalize_provider_id(provider_id)
+
+
+async def _note_unregistered(store, provider_id: str):
+    """With --force: say that no call uses the provider yet."""
+    if provider_id not in await store.registered_providers():
+        print(
+            f"note: no worker has registered {provider_id!r}; calls use it once one does",
+            file=sys.stderr,
+        )
 
 
 def _ids(text: str | None) -> list[str] | None:
@@ -123,10 +160,17 @@ async def _status(store, args) -> int:
             )
         )
     controls = fleet.controls
+    pinned = controls.pinned or "-"
+    if controls.pinned and controls.pinned not in fleet.registered:
+        pinned += " (no worker has registered it)"
     footer = (
-        f"pinned: {controls.pinned or '-'}   failover: "
-        f"{'on' if controls.failover_enabled else 'OFF (kill switch)'}"
+        f"pinned: {pinned}   failover: {'on' if controls.failover_enabled else 'OFF (kill switch)'}"
     )
+    unregistered = [h.provider_id for h in fleet.providers if h.provider_id not in fleet.registered]
+    if not fleet.registered:
+        footer += "\nno worker has registered its providers yet"
+    elif unregistered:
+        footer += f"\nnot registered by any worker: {', '.join(unregistered)}"
     _print_table(("provider", "state", "reason", "since", "left", "failures"), rows, footer)
     return 0
 
@@ -141,9 +185,11 @@ def _as_json(fleet) -> dict:
                 "since": h.since,
                 "down_until": h.down_until,
                 "failures": h.failures,
+                "registered": h.provider_id in fleet.registered,
             }
             for h in fleet.providers
         ],
+        "registered": fleet.registered,
         "pinned": fleet.controls.pinned,
         "failover_enabled": fleet.controls.failover_enabled,
     }
@@ -175,20 +221,28 @@ def _print_table(header, rows, footer: str):
 
 
 async def _mark_down(store, args) -> int:
-    changed = await _operator().mark_down(store, args.provider, cooldown=args.cooldown)
-    print(f"{args.provider}: {'marked down' if changed else 'already down'} for {args.cooldown:g}s")
+    changed = await _operator().mark_down(
+        store, args.provider, cooldown=args.cooldown, force=args.force
+    )
+    pid = _normalized(args.provider)
+    print(f"{pid}: {'marked down' if changed else 'already down'} for {args.cooldown:g}s")
+    await _note_unregistered(store, pid)
     return 0
 
 
 async def _mark_up(store, args) -> int:
-    changed = await _operator().mark_up(store, args.provider)
-    print(f"{args.provider}: {'marked up' if changed else 'already up'}")
+    changed = await _operator().mark_up(store, args.provider, force=args.force)
+    pid = _normalized(args.provider)
+    print(f"{pid}: {'marked up' if changed else 'already up'}")
+    await _note_unregistered(store, pid)
     return 0
 
 
 async def _pin(store, args) -> int:
-    await _operator().pin(store, args.provider)
-    print(f"new calls start on {args.provider}")
+    await _operator().pin(store, args.provider, force=args.force)
+    pid = _normalized(args.provider)
+    print(f"new calls start on {pid}")
+    await _note_unregistered(store, pid)
     return 0
 
 
@@ -205,6 +259,6 @@ async def _failover(store, args) -> int:
 
 
 async def _reset(store, args) -> int:
-    was_down = await _operator().reset(store, _ids(args.providers))
+    was_down = await _operator().reset(store, _ids(args.providers), force=args.force)
     print(f"reset: marked up {', '.join(was_down) or 'nothing'}; pin and kill switch cleared")
     return 0

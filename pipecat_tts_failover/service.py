@@ -415,8 +415,9 @@ class FailoverTTSService(BasePipeline):
             await self.push_frame(frame, direction)
 
     async def _start(self, frame: StartFrame):
-        self._writer.start()
         ids = self.provider_ids
+        self._writer.start()
+        self._writer.submit(lambda: self._store.register_providers(ids))
         try:
             async with asyncio.timeout(_STORE_READ_TIMEOUT):
                 health = await self._store.get(ids)

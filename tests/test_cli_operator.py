@@ -1,11 +1,14 @@
 """The operator commands, driven as subprocesses against a real redis-server."""
 
+import asyncio
 import json
 import subprocess
 import sys
 
 import pytest
 
+from pipecat_tts_failover.store.redis import RedisHealthStore
+from tests.support.calls import speak_call
 from tests.support.redis_server import RedisServer, running
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -39,7 +42,22 @@ def on(redis, prefix):
     return ["--redis-url", redis.url, "--key-prefix", prefix]
 
 
+def register(redis, prefix, *provider_ids: str):
+    """Register providers as a worker does when a call starts."""
+
+    async def main():
+        store = RedisHealthStore(redis.url, key_prefix=prefix)
+        try:
+            assert await store.connect()
+            await store.register_providers(provider_ids)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
 def test_mark_down_shows_in_status_and_mark_up_clears_it(redis, prefix):
+    register(redis, prefix, "cartesia", "elevenlabs")
     out = cli("mark-down", "cartesia", "--cooldown", "300", *on(redis, prefix)).stdout
     assert "cartesia: marked down for 300s" in out
     again = cli("mark-down", "cartesia", "--cooldown", "300", *on(redis, prefix)).stdout
@@ -60,13 +78,91 @@ def status_json(redis, prefix, providers=None) -> list[dict]:
     return json.loads(cli("status", "--json", *extra, *on(redis, prefix)).stdout)["providers"]
 
 
-def test_status_lists_every_known_provider_by_default(redis, prefix):
-    cli("mark-down", "elevenlabs", *on(redis, prefix))
-    cli("mark-down", "cartesia", *on(redis, prefix))
-    assert [row["provider"] for row in status_json(redis, prefix)] == ["cartesia", "elevenlabs"]
+def test_status_lists_registered_providers_in_order_then_other_records(redis, prefix):
+    register(redis, prefix, "elevenlabs", "cartesia")
+    cli("mark-down", "zonos", "--force", *on(redis, prefix))
+    cli("mark-down", "azure", "--force", *on(redis, prefix))
+    rows = status_json(redis, prefix)
+    assert [(row["provider"], row["registered"]) for row in rows] == [
+        ("elevenlabs", True),
+        ("cartesia", True),
+        ("azure", False),
+        ("zonos", False),
+    ]
+    table = cli("status", *on(redis, prefix)).stdout
+    assert "not registered by any worker: azure, zonos" in table
+
+
+async def test_status_lists_a_call_s_providers_from_its_start(redis, prefix):
+    store = RedisHealthStore(redis.url, key_prefix=prefix)
+    try:
+        assert await store.connect()
+        # A healthy call: nothing is written about either provider but the registration.
+        result = await speak_call(store, sentences=["Thanks for calling."])
+        assert result.heard == ["Thanks", "for", "calling."]
+    finally:
+        await store.close()
+
+    status = await asyncio.to_thread(cli, "status", "--json", *on(redis, prefix))
+    rows = json.loads(status.stdout)["providers"]
+    assert [(r["provider"], r["state"], r["registered"]) for r in rows] == [
+        ("primary", "up", True),
+        ("secondary", "up", True),
+    ]
+    table = (await asyncio.to_thread(cli, "status", *on(redis, prefix))).stdout
+    assert "primary" in table and "secondary" in table
+
+
+def test_unknown_providers_are_refused_with_the_registered_ones_listed(redis, prefix):
+    register(redis, prefix, "cartesia", "elevenlabs")
+
+    for command in (["pin", "playht"], ["mark-down", "playht"], ["mark-up", "playht"]):
+        refused = cli(*command, *on(redis, prefix), check=False)
+        assert refused.returncode == 2, command
+        assert "unknown provider 'playht'" in refused.stderr
+        assert "known providers: cartesia, elevenlabs" in refused.stderr
+        assert "--force" in refused.stderr
+    typo = cli("mark-down", "Carte sia", *on(redis, prefix), check=False)
+    assert typo.returncode == 2
+    assert "'Carte sia' (as an id: 'carte-sia')" in typo.stderr
+    assert "did you mean 'cartesia'?" in typo.stderr
+    reset = cli("reset", "--providers", "cartesia,playht", *on(redis, prefix), check=False)
+    assert reset.returncode == 2 and "'playht'" in reset.stderr
+
+    # Nothing was written: no record, no pin.
+    fleet = json.loads(cli("status", "--json", *on(redis, prefix)).stdout)
+    assert [row["provider"] for row in fleet["providers"]] == ["cartesia", "elevenlabs"]
+    assert fleet["pinned"] is None
+    # A registered provider written another way is the same provider.
+    assert "elevenlabs: marked down" in cli("mark-down", "ElevenLabs", *on(redis, prefix)).stdout
+
+
+def test_before_any_worker_registered_every_provider_needs_force(redis, prefix):
+    refused = cli("pin", "cartesia", *on(redis, prefix), check=False)
+    assert refused.returncode == 2
+    assert "no worker has registered its providers yet" in refused.stderr
+
+
+def test_force_takes_a_provider_no_worker_registered(redis, prefix):
+    register(redis, prefix, "cartesia", "elevenlabs")
+
+    pinned = cli("pin", "PlayHT", "--force", *on(redis, prefix))
+    assert "new calls start on playht" in pinned.stdout
+    assert "no worker has registered 'playht'" in pinned.stderr
+    down = cli("mark-down", "Carte sia", "--force", *on(redis, prefix))
+    assert "carte-sia: marked down" in down.stdout
+
+    table = cli("status", *on(redis, prefix)).stdout
+    assert "pinned: playht (no worker has registered it)" in table
+    fleet = json.loads(cli("status", "--json", *on(redis, prefix)).stdout)
+    assert fleet["pinned"] == "playht"
+    assert fleet["registered"] == ["cartesia", "elevenlabs"]
+    rows = {row["provider"]: row for row in fleet["providers"]}
+    assert rows["carte-sia"]["state"] == "down" and rows["carte-sia"]["registered"] is False
 
 
 def test_pin_kill_switch_and_reset_reach_the_store(redis, prefix):
+    register(redis, prefix, "cartesia", "elevenlabs")
     cli("pin", "ElevenLabs", *on(redis, prefix))
     cli("failover", "off", *on(redis, prefix))
     status = cli("status", "--providers", "cartesia", *on(redis, prefix)).stdout

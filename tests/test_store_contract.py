@@ -253,6 +253,58 @@ async def test_provider_ids_are_opaque_strings(store, clock):
     assert (await store.get([odd]))[odd].is_down(clock())
 
 
+async def test_one_id_given_as_a_string_is_refused_not_read_letter_by_letter(store):
+    with pytest.raises(TypeError, match="provider_ids.*\\['cartesia'\\]"):
+        await store.get("cartesia")
+    with pytest.raises(TypeError, match="provider_ids"):
+        await store.register_providers("cartesia")
+    with pytest.raises(TypeError, match="provider_ids holds int"):
+        await store.get(["cartesia", 3])
+
+
+# -- registered providers: which ids the workers use ---------------------------
+
+
+async def test_nothing_is_registered_until_a_worker_registers(store):
+    await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
+
+    assert await store.registered_providers() == []
+
+
+async def test_workers_registrations_merge_into_one_preference_order(handles):
+    first, second = handles(), handles()
+
+    await first.register_providers(["cartesia", "elevenlabs"])
+    assert await second.registered_providers() == ["cartesia", "elevenlabs"]
+
+    # New ids go next to the worker's neighbours; the order registered stays.
+    await second.register_providers(["rime", "cartesia", "playht"])
+    assert await first.registered_providers() == ["rime", "cartesia", "playht", "elevenlabs"]
+    await first.register_providers(["elevenlabs", "deepgram"])
+    await second.register_providers(["azure", "openai", "elevenlabs"])
+    expected = ["rime", "cartesia", "playht", "azure", "openai", "elevenlabs", "deepgram"]
+    assert await first.registered_providers() == expected
+
+    # Registering again (every call does) changes nothing, in any order.
+    await first.register_providers(["cartesia", "elevenlabs"])
+    await second.register_providers(["elevenlabs", "cartesia"])
+    await first.register_providers([])
+    assert await second.registered_providers() == expected
+
+
+async def test_workers_registering_at_once_lose_no_id(handles):
+    workers = [handles() for _ in range(4)]
+
+    await asyncio.gather(
+        *(w.register_providers([f"own-{i}", "shared"]) for i, w in enumerate(workers))
+    )
+
+    registered = await workers[0].registered_providers()
+    assert sorted(registered) == ["own-0", "own-1", "own-2", "own-3", "shared"]
+    # Every worker prefers its own id to "shared": each stays ahead of it.
+    assert registered[-1] == "shared"
+
+
 # -- extend_down: a failed recovery probe keeps the provider down -------------
 
 

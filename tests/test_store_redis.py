@@ -122,6 +122,12 @@ def test_repr_names_the_server_without_the_password():
         ({"url": "redis://h", "client": object()}, ValueError),
         ({"url": "http://h"}, ValueError),
         ({"url": "redis://h", "op_timeout": 0}, ValueError),
+        ({"url": "redis://h", "op_timeout": float("inf")}, ValueError),
+        ({"url": "redis://h", "op_timeout": float("nan")}, ValueError),
+        ({"url": "redis://h", "op_timeout": True}, TypeError),
+        ({"url": "redis://h", "op_timeout": "1"}, TypeError),
+        ({"url": "redis://h", "socket_timeout": float("inf")}, ValueError),
+        ({"url": "redis://h", "max_reconnect_delay": "2"}, TypeError),
         ({"url": "redis://h", "key_prefix": ""}, ValueError),
         ({"sentinels": [("h", 26379)]}, ValueError),
         ({"client": object()}, TypeError),
@@ -130,6 +136,12 @@ def test_repr_names_the_server_without_the_password():
 def test_bad_configuration_raises_at_construction(kwargs, error):
     with pytest.raises(error):
         RedisHealthStore(**kwargs)
+
+
+@pytest.mark.parametrize("value", [float("inf"), True, "1"])
+def test_a_bad_op_timeout_is_named_in_the_error(value):
+    with pytest.raises((TypeError, ValueError), match="op_timeout must be a"):
+        RedisHealthStore("redis://h", op_timeout=value)
 
 
 async def test_construction_touches_no_network():
@@ -199,6 +211,16 @@ async def test_records_and_changes_use_hash_tagged_keys_and_one_channel(shared_s
     )
     assert json.loads(message["data"])["p"] == "cartesia"
     await listener.aclose()
+    await raw.aclose()
+
+
+async def test_registered_providers_are_one_hash_tagged_list(shared_server, stores):
+    store = stores(shared_server.url, key_prefix="registry")
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+
+    await store.register_providers(["cartesia", "elevenlabs"])
+
+    assert await raw.lrange("{registry}:registered", 0, -1) == ["cartesia", "elevenlabs"]
     await raw.aclose()
 
 
@@ -502,6 +524,25 @@ async def test_killed_while_idle_then_restarted_empty_converges(server, stores):
     assert await is_down(late, "cartesia") and await is_down(late, "elevenlabs")
 
 
+async def test_registrations_made_in_an_outage_or_lost_by_redis_are_written_back(server, stores):
+    a, b = stores(server.url), stores(server.url)
+    assert await a.connect() and await b.connect()
+    await a.register_providers(["cartesia", "elevenlabs"])
+
+    server.kill()
+    await eventually(lambda: not a.connected and not b.connected, what="the outage to be noticed")
+    _, took = await timed(b.register_providers(["rime", "cartesia"]))
+    assert took < PROMPT
+    assert await b.registered_providers() == ["rime", "cartesia"]  # what b knows
+
+    server.start()  # empty: a's registration is gone from Redis
+    await eventually(lambda: a.connected and b.connected, what="both stores to reconnect")
+    late = stores(server.url)
+    assert await late.connect()
+    # Whichever store wrote back first, the merged order is the same.
+    assert await late.registered_providers() == ["rime", "cartesia", "elevenlabs"]
+
+
 async def test_killed_during_use_every_call_stays_prompt(server, stores):
     a, b = stores(server.url), stores(server.url)
     assert await a.connect() and await b.connect()
@@ -786,6 +827,8 @@ async def test_cluster_keeps_every_key_in_one_slot_and_propagates(cluster, store
     assert await b.try_lock("probe:cartesia", 30)
     await a.set_controls(Controls(pinned="elevenlabs"))
     await eventually(lambda: _controls_are(b, Controls(pinned="elevenlabs")))
+    await a.register_providers(["cartesia", "elevenlabs"])
+    assert await b.registered_providers() == ["cartesia", "elevenlabs"]
 
     raw = aioredis.Redis.from_url(cluster.url)
     keys = [
@@ -794,6 +837,7 @@ async def test_cluster_keeps_every_key_in_one_slot_and_propagates(cluster, store
         "{fleet}:epoch",
         "{fleet}:controls",
         "{fleet}:lock:probe:cartesia",
+        "{fleet}:registered",
         "{fleet}:events",
     ]
     slots = {await raw.execute_command("CLUSTER", "KEYSLOT", k) for k in keys}

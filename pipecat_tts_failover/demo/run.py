@@ -323,7 +323,7 @@ async def open_store(options: DemoOptions) -> AsyncIterator["HealthStore"]:
             )
         try:
             # A run stopped half way may have left the primary marked down.
-            await operator.reset(store, [PRIMARY, BACKUP])
+            await operator.reset(store, [PRIMARY, BACKUP], force=True)
         except HealthStoreError as e:
             raise DemoError(f"Redis refused the demo's reset: {e}") from None
         yield store

@@ -5,6 +5,7 @@ the scripts may touch several at once::
 
     {tts-failover}:provider:<id>   hash: rev, failures, down_until, reason, since
     {tts-failover}:providers       set of the provider ids ever written
+    {tts-failover}:registered      list of the provider ids workers use, in preference order
     {tts-failover}:epoch           token set once per dataset (detects data loss)
     {tts-failover}:controls        hash: rev, value (the operator's controls as JSON)
     {tts-failover}:lock:<name>     string: the holder's token, with a TTL
@@ -33,7 +34,13 @@ from pipecat_tts_failover.store.base import Controls, ProviderHealth
 RECORD_SCRIPTS = ("record_failure", "record_success", "mark_down", "mark_up", "extend_down")
 """The scripts that change one provider's record; they share ``common.lua``."""
 
-SCRIPT_NAMES = (*RECORD_SCRIPTS, "snapshot", "set_controls", "release_lock")
+SCRIPT_NAMES = (
+    *RECORD_SCRIPTS,
+    "snapshot",
+    "set_controls",
+    "release_lock",
+    "register_providers",
+)
 """Every Lua script under ``store/lua/``."""
 
 
@@ -62,6 +69,11 @@ class Keys:
     def index(self) -> str:
         """The set of provider ids."""
         return f"{self.tag}:providers"
+
+    @property
+    def registered(self) -> str:
+        """The list of provider ids workers registered, in preference order."""
+        return f"{self.tag}:registered"
 
     @property
     def epoch(self) -> str:
@@ -197,6 +209,11 @@ def decode_controls(value: str | bytes | None) -> Controls:
 def decode_ids(raw: Any) -> list[str]:
     """The provider ids of an ``SMEMBERS`` reply, sorted."""
     return sorted(_text(i) for i in raw)
+
+
+def decode_registered(raw: Any) -> list[str]:
+    """The provider ids of a ``register_providers`` or ``LRANGE`` reply, in their order."""
+    return [_text(i) for i in raw]
 
 
 def _revision(provider_id: str, fields: Sequence[Any]) -> Revision:

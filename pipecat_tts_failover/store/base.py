@@ -108,6 +108,20 @@ class HealthStore(Protocol):
         """Take a named lock for ``ttl`` seconds; False while someone else holds it."""
         ...
 
+    async def register_providers(self, provider_ids: Sequence[str]) -> None:
+        """Record the provider ids a worker uses, in its preference order.
+
+        ``FailoverTTSService`` calls it (from its background writer) when a
+        call starts, so operator tools know which providers exist before
+        anything is written about them, and can refuse a typo. Each worker's
+        order is merged into one list with :func:`merge_registered`.
+        """
+        ...
+
+    async def registered_providers(self) -> list[str]:
+        """Every provider id any worker has registered, in the merged preference order."""
+        ...
+
     async def release_lock(self, name: str) -> None:
         """Release a named lock taken with ``try_lock`` (by this store)."""
         ...
@@ -123,6 +137,74 @@ class HealthStore(Protocol):
     async def close(self) -> None:
         """Release what the store holds. Safe to call twice."""
         ...
+
+
+def check_provider_ids(provider_ids: object, name: str = "provider_ids") -> list[str]:
+    """Check that a store was given a sequence of provider ids, not one id.
+
+    A bare string is a sequence too: ``get("cartesia")`` would otherwise ask
+    for the providers ``"c"``, ``"a"``, ``"r"``...
+
+    Args:
+        provider_ids: The value given.
+        name: The argument's name, for the error message.
+
+    Returns:
+        The ids, as a list.
+
+    Raises:
+        TypeError: If it is a string, not a sequence, or holds something other
+            than strings.
+    """
+    if isinstance(provider_ids, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a sequence of provider ids, not one {type(provider_ids).__name__} "
+            f"(write [{provider_ids!r}])"
+        )
+    if not isinstance(provider_ids, Sequence):
+        raise TypeError(
+            f"{name} must be a sequence of provider ids, not {type(provider_ids).__name__}"
+        )
+    ids = list(provider_ids)
+    for pid in ids:
+        if not isinstance(pid, str):
+            raise TypeError(f"{name} holds {type(pid).__name__} {pid!r}, not a str provider id")
+    return ids
+
+
+def merge_registered(registered: Sequence[str], provider_ids: Sequence[str]) -> list[str]:
+    """Merge one worker's providers, in its preference order, into the registered list.
+
+    The order already registered never changes, so every worker and operator
+    reads the same list. A new id goes right after the worker's previous id;
+    a new first id goes right before the first of the worker's later ids
+    already registered, or at the end. Registering the same list again
+    changes nothing. (``lua/register_providers.lua`` does the same in Redis.)
+
+    Example: ``["cartesia", "elevenlabs"]`` merged with ``["rime", "cartesia",
+    "playht"]`` gives ``["rime", "cartesia", "playht", "elevenlabs"]``.
+
+    Args:
+        registered: The list so far.
+        provider_ids: One worker's provider ids, in its preference order.
+
+    Returns:
+        The merged list (a new list).
+    """
+    merged = list(registered)
+    anchor: int | None = None  # where the worker's previous id sits in merged
+    for i, pid in enumerate(provider_ids):
+        if pid in merged:
+            anchor = merged.index(pid)
+            continue
+        if anchor is not None:
+            at = anchor + 1
+        else:
+            later = [merged.index(p) for p in provider_ids[i + 1 :] if p in merged]
+            at = later[0] if later else len(merged)
+        merged.insert(at, pid)
+        anchor = at
+    return merged
 
 
 @runtime_checkable

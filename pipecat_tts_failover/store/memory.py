@@ -5,7 +5,14 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from pipecat_tts_failover.detection import FailureReason
-from pipecat_tts_failover.store.base import Clock, Controls, ProviderHealth, wall_clock
+from pipecat_tts_failover.store.base import (
+    Clock,
+    Controls,
+    ProviderHealth,
+    check_provider_ids,
+    merge_registered,
+    wall_clock,
+)
 
 LATENCY_SAMPLES_KEPT = 200
 
@@ -27,15 +34,33 @@ class InMemoryHealthStore:
         self._locks: dict[str, float] = {}
         self._latency: dict[str, deque[float]] = {}
         self._controls = Controls()
+        self._registered: list[str] = []
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
-        """Return the health of each provider (a healthy record for unknown ones)."""
+        """Return the health of each provider (a healthy record for unknown ones).
+
+        Raises:
+            TypeError: ``provider_ids`` is one id, not a sequence of ids.
+        """
         now = self._clock()
-        return {pid: self._current(pid, now) for pid in provider_ids}
+        return {pid: self._current(pid, now) for pid in check_provider_ids(provider_ids)}
 
     async def known_providers(self) -> list[str]:
         """Every provider this store has a record of."""
         return sorted(self._health)
+
+    async def register_providers(self, provider_ids: Sequence[str]) -> None:
+        """Record the provider ids a call uses, in its preference order.
+
+        Raises:
+            TypeError: ``provider_ids`` is one id, not a sequence of ids.
+        """
+        ids = check_provider_ids(provider_ids)
+        self._registered = merge_registered(self._registered, ids)
+
+    async def registered_providers(self) -> list[str]:
+        """Every provider id registered, in the merged preference order."""
+        return list(self._registered)
 
     async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
         """Count a failed sentence; return the consecutive failure count."""
@@ -129,6 +154,7 @@ class InMemoryHealthStore:
         self._locks.clear()
         self._latency.clear()
         self._controls = Controls()
+        self._registered.clear()
 
 
 _default: InMemoryHealthStore | None = None

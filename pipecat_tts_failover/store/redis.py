@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
+from pipecat_tts_failover.config import positive_seconds
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.errors import HealthStoreError
 from pipecat_tts_failover.store._redis_client import OwnedClient, make_client, mask_url, redact
@@ -30,6 +31,7 @@ from pipecat_tts_failover.store._redis_scripts import (
     Keys,
     Reply,
     decode_ids,
+    decode_registered,
     encode_controls,
     parse_message,
     parse_reply,
@@ -43,7 +45,14 @@ from pipecat_tts_failover.store._redis_view import (
     PendingWrites,
     Revision,
 )
-from pipecat_tts_failover.store.base import Clock, Controls, ProviderHealth, wall_clock
+from pipecat_tts_failover.store.base import (
+    Clock,
+    Controls,
+    ProviderHealth,
+    check_provider_ids,
+    merge_registered,
+    wall_clock,
+)
 
 __all__ = ["RedisHealthStore", "mask_url"]
 
@@ -99,7 +108,7 @@ class RedisHealthStore:
     on Redis's own clock.
 
     Keys share one hash tag (``{tts-failover}:provider:cartesia``,
-    ``{tts-failover}:providers``, ``{tts-failover}:epoch``,
+    ``{tts-failover}:providers``, ``{tts-failover}:registered``, ``{tts-failover}:epoch``,
     ``{tts-failover}:controls``, ``{tts-failover}:lock:<name>``) and changes
     are published on ``{tts-failover}:events``; see ``_redis_scripts``.
 
@@ -127,8 +136,10 @@ class RedisHealthStore:
 
     Raises:
         ValueError: Not exactly one of ``url``, ``client``, ``sentinels``, or
-            a bad URL, prefix or timeout.
-        TypeError: ``client`` is not a ``redis.asyncio`` client.
+            a bad URL or prefix, or a timeout that is not a finite number of
+            seconds above zero.
+        TypeError: ``client`` is not a ``redis.asyncio`` client, or a timeout
+            is not a number.
 
     Example::
 
@@ -157,13 +168,9 @@ class RedisHealthStore:
             raise ValueError("pass exactly one of url, client or sentinels")
         if not isinstance(key_prefix, str) or not key_prefix.strip():
             raise ValueError(f"key_prefix must be a non-empty string, got {key_prefix!r}")
-        for name, value in (
-            ("op_timeout", op_timeout),
-            ("socket_timeout", socket_timeout),
-            ("max_reconnect_delay", max_reconnect_delay),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value!r}")
+        op_timeout = positive_seconds("op_timeout", op_timeout)
+        socket_timeout = positive_seconds("socket_timeout", socket_timeout)
+        max_reconnect_delay = positive_seconds("max_reconnect_delay", max_reconnect_delay)
 
         self._owned: OwnedClient | None = None
         if client is not None:
@@ -197,6 +204,8 @@ class RedisHealthStore:
         self._view = LocalView()
         self._pending = PendingWrites()
         self._owed_controls: Controls | None = None  # to restore if Redis lost them
+        self._registered: list[str] = []  # what this store registered and last read
+        self._owe_registration = False  # registered while Redis was away
         self._locks: dict[str, str] = {}  # lock name -> the token we hold it with
         self._link = _Link.CONNECTING
         self._generation = 0  # bumped on each (re)connection, to ignore stale failures
@@ -240,15 +249,50 @@ class RedisHealthStore:
         return self.connected
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
-        """Return the health of each provider, from the local view (no Redis round trip)."""
+        """Return the health of each provider, from the local view (no Redis round trip).
+
+        Raises:
+            TypeError: ``provider_ids`` is one id, not a sequence of ids.
+        """
+        ids = check_provider_ids(provider_ids)
         await self._ready()
         now = self._clock()
-        return {pid: self._view.get(pid, now) for pid in provider_ids}
+        return {pid: self._view.get(pid, now) for pid in ids}
 
     async def known_providers(self) -> list[str]:
         """Every provider the fleet has a record of (from the local view)."""
         await self._ready()
         return self._view.provider_ids
+
+    async def register_providers(self, provider_ids: Sequence[str]) -> None:
+        """Merge a worker's provider ids, in its preference order, into the fleet's list.
+
+        One script, so two workers registering at once never lose an id.
+        While Redis is away the ids are kept and written once it is back.
+
+        Raises:
+            TypeError: ``provider_ids`` is one id, not a sequence of ids.
+        """
+        ids = check_provider_ids(provider_ids)
+        self._registered = merge_registered(self._registered, ids)
+        if await self._ready():
+            raw = await self._call(lambda: self._register(ids))
+            if raw is not _FAILED:
+                self._registered = merge_registered(raw, self._registered)
+                return
+        self._owe_registration = True
+
+    async def registered_providers(self) -> list[str]:
+        """Every provider id the fleet's workers registered, in the merged preference order.
+
+        Read from Redis (one round trip); while Redis is away, what this store
+        registered and last read.
+        """
+        if await self._ready():
+            raw = await self._call(lambda: self._client.lrange(self._keys.registered, 0, -1))
+            if raw is not _FAILED:
+                self._registered = merge_registered(decode_registered(raw), self._registered)
+        return list(self._registered)
 
     async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
         """Count a failed sentence; return the fleet's consecutive failure count."""
@@ -464,6 +508,13 @@ class RedisHealthStore:
         )
         return int(rev)
 
+    async def _register(self, ids: Sequence[str]) -> list[str]:
+        """Run the registration script; the fleet's merged list."""
+        raw = await self._scripts["register_providers"](
+            keys=[self._keys.registered], args=list(ids), client=self._client
+        )
+        return decode_registered(raw)
+
     async def _script(
         self, name: str, provider_id: str, *args: Any, ids: Sequence[str] = ()
     ) -> Any:
@@ -540,8 +591,10 @@ class RedisHealthStore:
                     self._pending.mark_down(health)
                 if self._view.controls.rev:
                     self._owed_controls = self._view.controls.controls
+                self._owe_registration = self._owe_registration or bool(self._registered)
             self._epoch = snapshot.epoch
-            if not len(self._pending) and self._owed_controls is None:
+            owed = len(self._pending) or self._owed_controls is not None or self._owe_registration
+            if not owed:
                 self._view.replace(snapshot.revisions, snapshot.controls)
                 self._go_online()
                 return
@@ -552,6 +605,9 @@ class RedisHealthStore:
             # Only if there are none: an operator may have set new ones since.
             await self._write_controls(self._owed_controls, restore=True)
             self._owed_controls = None
+        if self._owe_registration:
+            self._registered = await self._register(self._registered)
+            self._owe_registration = False
         while (item := self._pending.pop()) is not None:
             provider_id, owed = item
             written = False
