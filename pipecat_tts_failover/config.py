@@ -29,6 +29,44 @@ def positive_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def positive_number(name: str, value: object) -> float:
+    """Check a factor argument: a finite number above zero.
+
+    Raises:
+        TypeError: If the value is not a number.
+        ValueError: If it is zero, negative, or not finite.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_probe_backoff(base: object, maximum: object) -> tuple[float, float]:
+    """Check ``probe_backoff`` and ``probe_backoff_max`` together.
+
+    Args:
+        base: ``probe_backoff``, seconds before the probe after a first failed one.
+        maximum: ``probe_backoff_max``, the longest wait between probes.
+
+    Returns:
+        Both, as floats.
+
+    Raises:
+        TypeError: If either is not a number.
+        ValueError: If either is not a positive, finite number of seconds, or
+            the longest wait is shorter than the first.
+    """
+    base = positive_seconds("probe_backoff", base)
+    maximum = positive_seconds("probe_backoff_max", maximum)
+    if maximum < base:
+        raise ValueError(
+            f"probe_backoff_max ({maximum:g} s) must be at least probe_backoff ({base:g} s)"
+        )
+    return base, maximum
+
+
 def positive_int(name: str, value: object) -> int:
     """Check a count argument: a whole number of at least one.
 

@@ -6,6 +6,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from pipecat_tts_failover.config import positive_int, positive_number, positive_seconds
+
 
 class LatencyWindow:
     """The last ``size`` first-audio latencies of one provider, kept sorted for quantiles.
@@ -75,17 +77,19 @@ class AdaptiveTimeout:
     fallback: float = 1.5
 
     def __post_init__(self):
-        if not 0 < self.quantile < 1:
+        quantile = _number("AdaptiveTimeout.quantile", self.quantile)
+        if not 0 < quantile < 1:
+            raise ValueError(f"AdaptiveTimeout.quantile must be between 0 and 1, got {quantile!r}")
+        positive_number("AdaptiveTimeout.multiplier", self.multiplier)
+        floor = positive_seconds("AdaptiveTimeout.floor", self.floor)
+        ceiling = positive_seconds("AdaptiveTimeout.ceiling", self.ceiling)
+        if ceiling < floor:
             raise ValueError(
-                f"AdaptiveTimeout.quantile must be between 0 and 1, got {self.quantile}"
+                f"AdaptiveTimeout.ceiling ({ceiling:g} s) must be at least "
+                f"AdaptiveTimeout.floor ({floor:g} s)"
             )
-        if self.multiplier <= 0 or self.floor <= 0 or self.ceiling < self.floor:
-            raise ValueError(
-                "AdaptiveTimeout needs multiplier > 0 and 0 < floor <= ceiling, got "
-                f"multiplier={self.multiplier}, floor={self.floor}, ceiling={self.ceiling}"
-            )
-        if self.min_samples < 1 or self.fallback <= 0:
-            raise ValueError("AdaptiveTimeout needs min_samples >= 1 and fallback > 0")
+        positive_int("AdaptiveTimeout.min_samples", self.min_samples)
+        positive_seconds("AdaptiveTimeout.fallback", self.fallback)
 
     def deadline(self, window: LatencyWindow) -> float:
         """The first-audio deadline for a provider with this latency window."""
@@ -110,6 +114,12 @@ def parse_quantile(value: str) -> float:
     if not 0 < q < 1:
         raise ValueError(f'a quantile is written like "p95", got {value!r}')
     return q
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    return float(value)
 
 
 class HedgeBudget:
