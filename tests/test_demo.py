@@ -18,9 +18,10 @@ import pytest
 from rich.console import Console
 
 from pipecat_tts_failover.cli import main as cli_main
+from pipecat_tts_failover.demo.plot import timeline_figure
 from pipecat_tts_failover.demo.run import DemoError, DemoOptions, options_from, run_demo
 from pipecat_tts_failover.demo.script import BACKUP, PRIMARY, sentences
-from pipecat_tts_failover.demo.timeline import Status
+from pipecat_tts_failover.demo.timeline import Status, TimeOrigin
 from pipecat_tts_failover.testing.faults import Fault
 from tests.support.emulators import free_port
 from tests.support.redis_server import RedisServer, running
@@ -42,6 +43,22 @@ def run_cli(*args: str, timeout: float = 60.0, preamble: str = "") -> subprocess
         timeout=timeout,
         env=os.environ | {"COLUMNS": "120"},
     )
+
+
+# What the demo sets to fit a short call, which a user must not take for the defaults.
+NOT_DEFAULTS = [
+    'return_to_primary="immediately" (default "next_call")',
+    "cooldown=3.0 (default 60.0)",
+    'probes={"cartesia": CartesiaProbe(...)}',
+]
+
+
+def png_text(path: Path) -> dict[str, str]:
+    """The text chunks of a PNG."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return dict(image.text)
 
 
 def wav_seconds(path: Path) -> tuple[float, wave._wave_params]:
@@ -70,6 +87,12 @@ def test_caller_hears_every_sentence_when_the_primary_hangs(tmp_path):
     for name in ("demo.wav", "demo-timeline.png", "demo.log"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "demo-timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The settings that are not the defaults, in the header and under the picture's title.
+    header = " ".join(done.stdout.split("FailoverTTSService  (started")[0].split())
+    for setting in NOT_DEFAULTS:
+        assert setting in header, header
+    subtitle = png_text(tmp_path / "demo-timeline.png")["Description"]
+    assert all(setting in subtitle for setting in NOT_DEFAULTS), subtitle
     seconds, params = wav_seconds(tmp_path / "demo.wav")
     assert (params.nchannels, params.sampwidth, params.framerate) == (1, 2, 24000)
     reported = float(re.search(r"demo\.wav \(([\d.]+) s\)", done.stdout).group(1))
@@ -107,6 +130,16 @@ async def test_compare_shows_service_switcher_losing_sentences(tmp_path):
     assert switcher_wav.name == "demo-switcher.wav" and switcher_wav.is_file()
     assert result.png.is_file()
     assert "ServiceSwitcher" in printed and f"{TOTAL}/{TOTAL}" in printed
+    # One truth: the live progress bar and the summary count the same sentences heard.
+    for view in (failover, switcher):
+        bar = re.findall(rf"{view.label} [━╸╺ ]+ (\d+)/{TOTAL} sentences heard", printed)
+        summary = re.search(
+            rf"{view.label}\n(?:  .*\n)*?  Sentences heard:\s+(\d+)/{TOTAL}", printed
+        )
+        assert bar and summary, printed
+        assert int(bar[-1]) == int(summary.group(1)) == view.heard
+    not_heard = TOTAL - switcher.heard
+    assert f"{switcher.heard}/{TOTAL} sentences heard ({not_heard} not heard)" in printed
 
 
 def _statuses(*views) -> str:
@@ -194,3 +227,42 @@ async def test_second_worker_starts_its_call_on_the_backup(tmp_path):
     assert first.heard == second.heard == TOTAL, _statuses(first, second)
     assert first_wav.is_file() and second_wav.is_file()
     assert re.search(rf"worker 2\n  Started on:\s+{BACKUP}", printed)
+
+    # One clock for both workers, in the live tables and in the picture, and said so.
+    origin = TimeOrigin.of([first, second], SPEED)
+    assert origin.shared and origin.first == "worker 1" and origin.offsets[1] > 1.0
+    note = origin.start_note(1)
+    assert f"worker 2  (started on {BACKUP} {note})" in printed
+    rows = printed.split(f"worker 2  (started on {BACKUP}")[-1]
+    first_row_t = float(re.search(r"^\s+([\d.]+) │", rows, re.MULTILINE).group(1))
+    assert first_row_t >= origin.offsets[1] - 0.05
+    figure = timeline_figure([first, second], title="t", origin=origin)
+    bottom = figure.axes[1]
+    assert note in bottom.get_title(loc="left")
+    assert bottom.get_xlabel() == "seconds since worker 1's call started (as the callers hear it)"
+    # Worker 2's first audio is drawn where its table puts it, not at its own zero.
+    bars = [p.get_x() for p in bottom.patches if p.get_width() > 0 and p.get_facecolor()[3] == 1]
+    assert min(bars) >= origin.offsets[1] - 0.05
+
+
+def test_calls_that_start_together_are_each_shown_from_their_own_start():
+    from pipecat_tts_failover.demo.timeline import CallView
+
+    def view(label, started):
+        return CallView(label, started, PRIMARY, [], [], [], 0.0, 24000)
+
+    together = TimeOrigin.of([view("a", 100.0), view("b", 100.05)], SPEED)
+    assert together.offsets == (0.0, 0.0) and not together.shared
+    assert together.axis_label() == "seconds into each call (as the caller hears it)"
+    assert together.start_note(1) == ""
+    apart = TimeOrigin.of([view("a", 100.0), view("b", 102.0)], SPEED)
+    assert apart.offsets == (0.0, 2.0 * SPEED) and apart.shared
+
+
+def test_the_demo_modules_import_in_one_direction():
+    code = (
+        "import sys\n"
+        "import pipecat_tts_failover.demo.fleet, pipecat_tts_failover.demo.stage\n"
+        "assert 'pipecat_tts_failover.demo.run' not in sys.modules, 'fleet imports run'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

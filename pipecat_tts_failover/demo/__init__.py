@@ -10,8 +10,10 @@ Modules:
     script    the call's script, when the primary breaks and is fixed, timings
     timeline  what the caller heard: play-out of the audio as it arrived, dead air
     call      one call through a real pipecat pipeline, driven by the script
-    render    the live terminal view and the summary (rich)
+    render    the header, the live terminal view and the summary (rich)
     plot      the timeline picture (matplotlib)
-    run       the command: emulators, store, calls, outputs
+    stage     what every run stands on: options, emulators, store, breaker, live view
+    run       the command: header, calls in this process, outputs
+    fleet     ``--workers N``: the calls in worker processes
     worker    one worker process of ``--workers N``
 """

@@ -7,9 +7,12 @@ each around pipecat's real ``CartesiaTTSService`` (primary) and
 """
 
 import asyncio
+import inspect
+import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -295,21 +298,76 @@ def _words(reason) -> str:
     return str(reason).replace("_", " ")
 
 
+# The demo's settings given in seconds (wall-clock when passed, seconds of the call when shown).
+_DURATIONS = (
+    "first_audio_timeout",
+    "stall_timeout",
+    "cooldown",
+    "probe_backoff",
+    "probe_backoff_max",
+)
+
+
+def failover_settings(timing: Timing) -> dict[str, Any]:
+    """The settings the demo's FailoverTTSService gets, besides its services, store, probes and alerters.
+
+    Short enough for a 30-second call to break, fail over, probe and come back,
+    so most are not the defaults (see :func:`non_default_settings`).
+
+    Args:
+        timing: The call's timings.
+
+    Returns:
+        Keyword arguments, durations in wall-clock seconds.
+    """
+    return {
+        "first_audio_timeout": timing.first_audio_wall,
+        "stall_timeout": timing.stall_wall,
+        "cooldown": timing.wall(timing.cooldown),
+        "probe_backoff": timing.wall(timing.probe_backoff),
+        "probe_backoff_max": timing.wall(timing.probe_backoff_max),
+        "return_to_primary": "immediately",
+    }
+
+
+def non_default_settings(timing: Timing) -> list[str]:
+    """The demo's FailoverTTSService settings that differ from the defaults, as ``name=value (default d)``.
+
+    Durations are in seconds of the call (what the timeline shows, whatever ``--speed``).
+    """
+    from pipecat_tts_failover.service import FailoverTTSService
+
+    defaults = inspect.signature(FailoverTTSService.__init__).parameters
+    shown = []
+    for name, value in failover_settings(timing).items():
+        if name in _DURATIONS:
+            value = round(value * timing.speed, 3)
+        default = defaults[name].default
+        if value != default:
+            shown.append(f"{name}={_python(value)} (default {_python(default)})")
+    shown.append(f'probes={{"{PRIMARY}": CartesiaProbe(...)}} (default none)')
+    return shown
+
+
+def _python(value: object) -> str:
+    """A setting as written in Python: ``1.0``, ``"immediately"``."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value)
+
+
 def _failover(services, endpoints, timeline, timing, store, changed):
     from pipecat_tts_failover.service import FailoverTTSService
 
     tts = FailoverTTSService(
         services=services,
-        first_audio_timeout=timing.first_audio_wall,
-        stall_timeout=timing.stall_wall,
-        cooldown=timing.wall(timing.cooldown),
         store=store,
         alerters=[_Narrator(timeline, changed)],
         probes={PRIMARY: _probe(endpoints)},
-        probe_backoff=timing.wall(timing.probe_backoff),
-        probe_backoff_max=timing.wall(timing.probe_backoff_max),
-        return_to_primary="immediately",
         name="DemoFailoverTTS",
+        **failover_settings(timing),
     )
     speaker = _FailoverSpeaker(tts)
 

@@ -17,7 +17,8 @@ from typing import IO, TYPE_CHECKING, Any
 from loguru import logger
 
 from pipecat_tts_failover.demo.call import Endpoints
-from pipecat_tts_failover.demo.run import (
+from pipecat_tts_failover.demo.script import FIX_BEFORE_TURN, Timing
+from pipecat_tts_failover.demo.stage import (
     REDIS_KEY_PREFIX,
     DemoError,
     DemoOptions,
@@ -26,7 +27,6 @@ from pipecat_tts_failover.demo.run import (
     live_view,
     open_store,
 )
-from pipecat_tts_failover.demo.script import FIX_BEFORE_TURN, Timing
 from pipecat_tts_failover.demo.timeline import CallView
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ async def run_fleet(
                     await asyncio.gather(*(worker.ready() for worker in workers))
             except TimeoutError:
                 raise DemoError(f"the workers were not ready within {_READY_TIMEOUT:g} s") from None
-        with live_view({w.name: (lambda w=w: w.view) for w in workers}, console):
+        with live_view({w.name: (lambda w=w: w.view) for w in workers}, console, options.speed):
             await _drive(workers, cartesia, options)
     return [(worker.view, worker.wav) for worker in workers if worker.view is not None]
 

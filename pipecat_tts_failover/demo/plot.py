@@ -5,6 +5,7 @@ sentence's audio coloured by the provider that spoke it, dead air shaded red,
 and the moments the primary broke, failed over, was fixed and came back.
 """
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from pipecat_tts_failover.demo.script import BACKUP, PRIMARY
-from pipecat_tts_failover.demo.timeline import CallView, Status
+from pipecat_tts_failover.demo.timeline import CallView, Status, TimeOrigin
 
 PROVIDER_COLORS = {"cartesia": "#1f77b4", "elevenlabs": "#ff7f0e"}
 _OTHER_COLOR = "#7f7f7f"
@@ -39,24 +40,48 @@ _SHORT = {
     "start": f"call starts on {BACKUP}",
 }
 _LABEL_CHARS = 44
+_SUBTITLE_CHARS = 150
 _SHOWN_DEAD_AIR = 0.3
 
 
 def write_png(
-    views: Sequence[CallView], path: Path, *, title: str, offsets: Sequence[float] | None = None
+    views: Sequence[CallView],
+    path: Path,
+    *,
+    title: str,
+    subtitle: str = "",
+    origin: TimeOrigin | None = None,
 ) -> Path:
     """Draw the calls' timelines one above the other and save them as a PNG.
+
+    The title and subtitle are also kept in the PNG's ``Title`` and
+    ``Description`` text chunks.
 
     Args:
         views: The calls.
         path: Where to write the PNG.
         title: The figure's title.
-        offsets: Seconds each call started after the first (for workers); zeros by default.
+        subtitle: A line under it (the settings that are not the defaults).
+        origin: The clock the calls are drawn on; each call from its own start by default.
 
     Returns:
         The path.
     """
-    offsets = list(offsets or [0.0] * len(views))
+    figure = timeline_figure(views, title=title, subtitle=subtitle, origin=origin)
+    figure.savefig(path, metadata={"Title": title, "Description": subtitle})
+    return path
+
+
+def timeline_figure(
+    views: Sequence[CallView],
+    *,
+    title: str,
+    subtitle: str = "",
+    origin: TimeOrigin | None = None,
+) -> Figure:
+    """The figure :func:`write_png` saves."""
+    origin = origin or TimeOrigin(tuple(0.0 for _ in views))
+    offsets = origin.offsets
     rows = [len(v.sentences) + 1 for v in views]
     figure = Figure(
         figsize=(14, 1.3 + sum(0.34 * r + 0.9 for r in rows)), dpi=110, layout="constrained"
@@ -65,16 +90,28 @@ def write_png(
         len(views), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": rows}
     )[:, 0]
     end = max(offset + _call_end(view) for view, offset in zip(views, offsets))
-    for ax, view, offset in zip(axes, views, offsets):
-        _draw_call(ax, view, offset)
+    for i, (ax, view, offset) in enumerate(zip(axes, views, offsets)):
+        _draw_call(ax, view, offset, origin.start_note(i))
         ax.set_xlim(0, end + 0.5)
-    axes[-1].set_xlabel("seconds into the call (as the caller hears it)")
+    axes[-1].set_xlabel(origin.axis_label())
     figure.suptitle(title, fontsize=13, fontweight="bold")
+    if subtitle:
+        # Above the first panel's title, where constrained layout makes room for it.
+        axes[0].annotate(
+            "\n".join(textwrap.wrap(subtitle, _SUBTITLE_CHARS)),
+            (0, 1),
+            xycoords="axes fraction",
+            xytext=(0, 24),
+            textcoords="offset points",
+            ha="left",
+            va="bottom",
+            fontsize=9.5,
+            color="#444444",
+        )
     figure.legend(
         handles=_legend(views), loc="outside lower center", ncol=6, frameon=False, fontsize=9
     )
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def _call_end(view: CallView) -> float:
@@ -82,7 +119,7 @@ def _call_end(view: CallView) -> float:
     return max(ends)
 
 
-def _draw_call(ax, view: CallView, offset: float):
+def _draw_call(ax, view: CallView, offset: float, start_note: str):
     count = len(view.sentences)
     labels = ["caller"] + [f"{s.index + 1}. {_truncate(s.text)}" for s in view.sentences]
     ax.set_ylim(count + 0.6, -0.6)
@@ -179,6 +216,8 @@ def _draw_call(ax, view: CallView, offset: float):
     longest = view.longest_dead_air
     worst = f"{longest.dead_air:.1f} s" if longest and longest.dead_air is not None else "none"
     started = f"started on {view.first_provider}, " if view.first_provider else ""
+    if started and start_note:
+        started = f"started on {view.first_provider} {start_note}, "
     ax.set_title(
         f"{view.label}: {started}{view.heard}/{count} sentences heard, longest dead air {worst}",
         loc="left",

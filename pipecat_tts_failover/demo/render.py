@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipecat_tts_failover.demo.script import PRIMARY
-from pipecat_tts_failover.demo.timeline import CallView, SentenceView, Status
+from pipecat_tts_failover.demo.timeline import CallView, SentenceView, Status, TimeOrigin
 
 PROVIDER_STYLES = {"cartesia": "cyan", "elevenlabs": "magenta"}
 _STATUS_MARKS = {
@@ -30,6 +30,7 @@ _EVENT_MARKS = {
     "back": ("↩", "bold green"),
     "start": ("☎", "yellow"),
 }
+_NOT_HEARD = (Status.LOST, Status.SILENT, Status.CUT)
 # Dead air worth a colour: noticeable, and bad.
 _NOTICEABLE, _BAD = 0.3, 0.8
 # Wide enough for two tables side by side.
@@ -54,13 +55,30 @@ def dead_air_text(seconds: float | None) -> Text:
     return Text(f"{seconds:.2f} s", style=style)
 
 
+def settings_text(settings: Sequence[str]) -> str:
+    """The demo's settings that differ from FailoverTTSService's defaults, as one line."""
+    if not settings:
+        return "FailoverTTSService with its default settings"
+    return "Not the defaults, to fit a short call: " + ", ".join(settings)
+
+
+def print_header(console: Console, title: str, settings: Sequence[str]):
+    """What the demo runs, and with which settings other than the defaults."""
+    console.print(Text(title, style="bold"))
+    console.print(Text(settings_text(settings), style="yellow"))
+    console.print()
+
+
 class LiveView:
     """What the terminal shows while the calls run: one table per call and a progress bar each.
+
+    A bar counts the sentences heard in full, as the summary does (``CallView.heard``).
 
     Args:
         sources: For each call, a function returning its latest timeline (None before it starts).
         totals: Sentences in each call's script.
         console: Where it is drawn.
+        speed: How many times faster than real time the calls run.
     """
 
     def __init__(
@@ -68,19 +86,22 @@ class LiveView:
         sources: Mapping[str, Callable[[], CallView | None]],
         totals: Sequence[int],
         console: Console,
+        *,
+        speed: float = 1.0,
     ):
         self._console = console
         self._sources = dict(sources)
+        self._speed = speed
         self.progress = Progress(
             TextColumn("{task.description}", style="bold"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("sentences  {task.fields[clock]}"),
+            TextColumn("sentences heard{task.fields[missed]}  {task.fields[clock]}"),
             console=console,
             auto_refresh=False,
         )
         self._tasks = {
-            label: self.progress.add_task(label, total=total, start=False, clock="")
+            label: self.progress.add_task(label, total=total, start=False, clock="", missed="")
             for label, total in zip(self._sources, totals)
         }
 
@@ -88,18 +109,24 @@ class LiveView:
         task = self._tasks[label]
         if not self.progress.tasks[task].started:
             self.progress.start_task(task)
-        done = sum(s.status not in (Status.WAITING, Status.SPEAKING) for s in view.sentences)
-        self.progress.update(task, completed=done, clock=f"{view.length:5.1f} s of call")
+        missed = sum(s.status in _NOT_HEARD for s in view.sentences)
+        self.progress.update(
+            task,
+            completed=view.heard,
+            missed=f" ({missed} not heard)" if missed else "",
+            clock=f"{view.length:5.1f} s of call",
+        )
         if view.finished:
             self.progress.stop_task(task)
 
     def __rich__(self) -> RenderableType:
+        views = {label: source() for label, source in self._sources.items()}
+        shown = [(label, view) for label, view in views.items() if view is not None]
+        origin = TimeOrigin.of([view for _, view in shown], self._speed)
         tables = []
-        for label, source in self._sources.items():
-            view = source()
-            if view is not None:
-                self._progress(label, view)
-                tables.append(call_table(view))
+        for i, (label, view) in enumerate(shown):
+            self._progress(label, view)
+            tables.append(call_table(view, origin.offsets[i], origin.start_note(i)))
         if len(tables) > 1 and self._console.width >= _SIDE_BY_SIDE_WIDTH:
             grid = Table.grid(expand=True, padding=(0, 2))
             for _ in tables:
@@ -111,9 +138,17 @@ class LiveView:
         return Group(body, self.progress)
 
 
-def call_table(view: CallView) -> Table:
-    """One call's timeline as a table: sentences, the caller's lines and events, in time order."""
+def call_table(view: CallView, offset: float = 0.0, start_note: str = "") -> Table:
+    """One call's timeline as a table: sentences, the caller's lines and events, in time order.
+
+    Args:
+        view: The call.
+        offset: Seconds added to every time: where the call starts on a clock shared with others.
+        start_note: Where the call starts on that clock, for the title.
+    """
     started = f"started on {view.first_provider}" if view.first_provider else "starting"
+    if start_note:
+        started += f" {start_note}"
     table = Table(
         title=f"{view.label}  [dim]({started})[/dim]",
         title_justify="left",
@@ -129,25 +164,17 @@ def call_table(view: CallView) -> Table:
 
     rows: list[tuple[float, int, tuple]] = []
     for line in view.callers:
-        rows.append(
-            (
-                line.start,
-                0,
-                (_t(line.start), "", Text(f"Caller: {line.text}", style="italic dim"), "", ""),
-            )
-        )
+        at = offset + line.start
+        rows.append((at, 0, (_t(at), "", Text(f"Caller: {line.text}", style="italic dim"), "", "")))
     for sentence in view.sentences:
         if sentence.status == Status.WAITING:
             continue
-        rows.append((_sentence_time(sentence), 1, _sentence_row(sentence)))
+        rows.append((offset + _sentence_time(sentence), 1, _sentence_row(sentence, offset)))
     for event in view.events:
         mark, style = _EVENT_MARKS.get(event.kind, ("•", ""))
+        at = offset + event.at
         rows.append(
-            (
-                event.at,
-                2,
-                (_t(event.at), Text(mark, style=style), Text(event.text, style=style), "", ""),
-            )
+            (at, 2, (_t(at), Text(mark, style=style), Text(event.text, style=style), "", ""))
         )
     for _, _, row in sorted(rows, key=lambda r: (r[0], r[1])):
         table.add_row(*row)
@@ -161,13 +188,13 @@ def _sentence_time(sentence: SentenceView) -> float:
     return 0.0
 
 
-def _sentence_row(sentence: SentenceView) -> tuple:
+def _sentence_row(sentence: SentenceView, offset: float) -> tuple:
     mark, style = _STATUS_MARKS.get(sentence.status, ("", ""))
     what = Text(f"{sentence.index + 1:>2}. {sentence.text}")
-    if sentence.status in (Status.LOST, Status.SILENT, Status.CUT):
+    if sentence.status in _NOT_HEARD:
         what.append(f"  ({sentence.status})", style=style)
     return (
-        _t(_sentence_time(sentence)),
+        _t(offset + _sentence_time(sentence)),
         Text(mark, style=style),
         what,
         provider_text(sentence.providers),
@@ -197,11 +224,7 @@ def summary_lines(view: CallView, wav: Path | None) -> list[Text]:
                 ),
             )
         )
-    missing = [
-        str(s.index + 1)
-        for s in view.sentences
-        if s.status in (Status.LOST, Status.SILENT, Status.CUT)
-    ]
+    missing = [str(s.index + 1) for s in view.sentences if s.status in _NOT_HEARD]
     if missing:
         rows.append(("Not heard in full", Text(f"sentence {', '.join(missing)}", style="red")))
     moves = [e.text for e in view.events if e.kind in ("failover", "switch")]

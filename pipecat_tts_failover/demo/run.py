@@ -1,4 +1,4 @@
-"""The ``demo`` command: emulators, the health store, the calls, the live view, and the files it writes.
+"""The ``demo`` command: the header, the calls (here or in workers), and the files it writes.
 
 Exit status: 0 when the demo ran (whatever the caller heard), 1 when it could
 not run (a missing extra, Redis unreachable, a call that broke), 2 on a usage
@@ -11,21 +11,20 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from pipecat_tts_failover.demo.script import (
-    BACKUP,
-    BREAK_BEFORE_TURN,
-    FIX_BEFORE_TURN,
-    PRIMARY,
-    SCRIPT,
-    Timing,
-    sentences,
+from pipecat_tts_failover.demo.script import PRIMARY, SCRIPT, Timing
+from pipecat_tts_failover.demo.stage import (
+    DemoError,
+    DemoOptions,
+    breaker,
+    emulators,
+    live_view,
+    open_store,
 )
 from pipecat_tts_failover.testing.faults import Fault
 
@@ -33,44 +32,13 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from pipecat_tts_failover.demo.timeline import CallView
-    from pipecat_tts_failover.store.base import HealthStore
+
+__all__ = ["DemoError", "DemoOptions", "DemoResult", "main", "options_from", "run_demo"]
 
 EXTRA_HINT = 'pip install "pipecat-tts-failover[demo]"'
 LOG_NAME = "demo.log"
 PNG_NAME = "demo-timeline.png"
-REDIS_KEY_PREFIX = "tts-failover-demo"
 MAX_WORKERS = 4
-_REDIS_CONNECT_TIMEOUT = 3.0
-_REFRESH_PER_SECOND = 8
-
-
-class DemoError(Exception):
-    """The demo cannot go on: a message for the user and an exit status."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class DemoOptions:
-    """What the command line asked for.
-
-    Parameters:
-        fault: What goes wrong with the primary.
-        out: Where the files go.
-        compare: Also run pipecat's ServiceSwitcher on the same script.
-        redis_url: A Redis to keep provider health in; None keeps it in memory.
-        workers: Worker processes sharing that Redis (more than 1 needs ``redis_url``).
-        speed: How many times faster than real time the calls run.
-    """
-
-    fault: Fault
-    out: Path
-    compare: bool = False
-    redis_url: str | None = None
-    workers: int = 1
-    speed: float = 1.0
 
 
 def main(args: argparse.Namespace) -> int:
@@ -202,11 +170,14 @@ class DemoResult:
         calls: Each call's timeline and its WAV.
         png: The timeline picture.
         files: Every file written, for the summary.
+        settings: The FailoverTTSService settings that differ from the
+            defaults, as shown in the header and the picture.
     """
 
     calls: list[tuple["CallView", Path | None]]
     png: Path
     files: list[Path]
+    settings: list[str]
 
 
 async def run_demo(options: DemoOptions, console: "Console") -> DemoResult:
@@ -222,9 +193,13 @@ async def run_demo(options: DemoOptions, console: "Console") -> DemoResult:
     Raises:
         DemoError: When it cannot run.
     """
+    from pipecat_tts_failover.demo.call import non_default_settings
+    from pipecat_tts_failover.demo.render import print_header
     from pipecat_tts_failover.recovery import close_recovery
 
     timing = Timing(speed=options.speed)
+    settings = non_default_settings(timing)
+    print_header(console, demo_title(options.fault), settings)
     try:
         if options.workers > 1:
             from pipecat_tts_failover.demo.fleet import run_fleet
@@ -242,7 +217,7 @@ async def run_demo(options: DemoOptions, console: "Console") -> DemoResult:
         raise
     finally:
         await close_recovery()  # safe to call twice
-    return await _write_outputs(options, console, results)
+    return await _write_outputs(options, console, results, settings)
 
 
 async def _run_local(
@@ -264,7 +239,7 @@ async def _run_local(
         # The probes use the store: stop them before it closes.
         stack.push_async_callback(close_recovery)
         timelines = [CallTimeline(label, SCRIPT, timing, SAMPLE_RATE) for _, label, _ in kinds]
-        live = live_view({t.label: t.view for t in timelines}, console)
+        live = live_view({t.label: t.view for t in timelines}, console, timing.speed)
         with live:
             async with asyncio.TaskGroup() as group:
                 for (kind, _, _), timeline, (cartesia, elevenlabs) in zip(kinds, timelines, pairs):
@@ -284,96 +259,26 @@ async def _run_local(
     return results
 
 
-@contextlib.asynccontextmanager
-async def emulators(timing: Timing) -> AsyncIterator[tuple]:
-    """A started CartesiaEmulator and ElevenLabsEmulator on free ports of 127.0.0.1."""
-    from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
-
-    cartesia = CartesiaEmulator(speed=timing.speed, ms_per_char=timing.ms_per_char)
-    elevenlabs = ElevenLabsEmulator(speed=timing.speed, ms_per_char=timing.ms_per_char)
-    async with cartesia, elevenlabs:
-        yield cartesia, elevenlabs
-
-
-@contextlib.asynccontextmanager
-async def open_store(options: DemoOptions) -> AsyncIterator["HealthStore"]:
-    """The calls' health store: in memory, or Redis (checked, and reset for the demo's providers).
-
-    Raises:
-        DemoError: Redis is unreachable or refuses the reset.
-    """
-    if options.redis_url is None:
-        from pipecat_tts_failover.store import InMemoryHealthStore
-
-        yield InMemoryHealthStore()
-        return
-    from pipecat_tts_failover import operator
-    from pipecat_tts_failover.errors import HealthStoreError
-    from pipecat_tts_failover.store.redis import RedisHealthStore, mask_url
-
-    try:
-        store = RedisHealthStore(options.redis_url, key_prefix=REDIS_KEY_PREFIX)
-    except (TypeError, ValueError) as e:
-        raise DemoError(f"--redis-url: {e}", 2) from None
-    try:
-        if not await store.connect(timeout=_REDIS_CONNECT_TIMEOUT):
-            raise DemoError(
-                f"cannot reach Redis at {mask_url(options.redis_url)} "
-                f"(waited {_REDIS_CONNECT_TIMEOUT:g} s); is it running?"
-            )
-        try:
-            # A run stopped half way may have left the primary marked down.
-            await operator.reset(store, [PRIMARY, BACKUP], force=True)
-        except HealthStoreError as e:
-            raise DemoError(f"Redis refused the demo's reset: {e}") from None
-        yield store
-    finally:
-        await store.close()
-
-
-def breaker(cartesia, fault: Fault, note: Callable[[str, str], None]):
-    """The hook that breaks the primary's emulator before one turn and fixes it before another."""
-
-    async def before_turn(turn: int):
-        if turn == BREAK_BEFORE_TURN:
-            cartesia.set_fault(fault)
-            note("break", f"{PRIMARY} breaks (emulator fault '{fault}')")
-        elif turn == FIX_BEFORE_TURN:
-            cartesia.clear_fault()
-            note("fix", f"{PRIMARY} fixed")
-
-    return before_turn
-
-
-def live_view(sources: dict[str, Callable[[], "CallView | None"]], console: "Console"):
-    """A rich Live showing each call as it goes."""
-    from rich.live import Live
-
-    from pipecat_tts_failover.demo.render import LiveView
-
-    total = len(sentences())
-    view = LiveView(sources, [total] * len(sources), console)
-    return Live(
-        view,
-        console=console,
-        refresh_per_second=_REFRESH_PER_SECOND,
-        vertical_overflow="visible",
-    )
-
-
 async def _write_outputs(
-    options: DemoOptions, console: "Console", results: list[tuple["CallView", Path | None]]
+    options: DemoOptions,
+    console: "Console",
+    results: list[tuple["CallView", Path | None]],
+    settings: list[str],
 ) -> DemoResult:
     from pipecat_tts_failover.demo.plot import write_png
-    from pipecat_tts_failover.demo.render import print_summary
+    from pipecat_tts_failover.demo.render import print_summary, settings_text
+    from pipecat_tts_failover.demo.timeline import TimeOrigin
 
     views = [view for view, _ in results]
-    first = min(view.started for view in views)
-    offsets = [(view.started - first) * options.speed for view in views]
     png = options.out / PNG_NAME
     with console.status("Drawing the timeline…"):
         await asyncio.to_thread(
-            write_png, views, png, title=demo_title(options.fault), offsets=offsets
+            write_png,
+            views,
+            png,
+            title=demo_title(options.fault),
+            subtitle=settings_text(settings),
+            origin=TimeOrigin.of(views, options.speed),
         )
     files = [wav for _, wav in results if wav is not None] + [png, options.out / LOG_NAME]
     if options.workers > 1:
@@ -381,4 +286,4 @@ async def _write_outputs(
 
         files += worker_logs(options)
     print_summary(console, results, files, options.out)
-    return DemoResult(results, png, files)
+    return DemoResult(results, png, files, settings)

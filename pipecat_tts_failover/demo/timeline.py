@@ -172,6 +172,61 @@ class CallView:
         )
 
 
+# Calls that start closer together than this (seconds of the call) are drawn
+# each from its own start: one clock would only shift them by a blur.
+_SAME_START = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class TimeOrigin:
+    """The one clock the tables and the picture show several calls on.
+
+    Calls that started together (one process, ``--compare``) are each shown
+    from their own start. Calls that started apart (``--workers``) are shown
+    on the first one's clock, so what one worker did lines up with what
+    another saw; ``offsets`` say where each call starts on it.
+
+    Parameters:
+        offsets: For each call, seconds of the call from the origin to its start.
+        first: The label of the call the clock starts with.
+        shared: Whether the calls share the first one's clock.
+    """
+
+    offsets: tuple[float, ...]
+    first: str = ""
+    shared: bool = False
+
+    @classmethod
+    def of(cls, views: Sequence[CallView], speed: float) -> "TimeOrigin":
+        """The origin of some calls that ran ``speed`` times faster than real time."""
+        started = [v for v in views if v.started]
+        if not started:
+            return cls(tuple(0.0 for _ in views))
+        first = min(started, key=lambda v: v.started)
+        offsets = [
+            max(0.0, (v.started - first.started) * speed) if v.started else 0.0 for v in views
+        ]
+        if max(offsets) < _SAME_START:
+            return cls(tuple(0.0 for _ in views), first.label)
+        return cls(tuple(offsets), first.label, shared=True)
+
+    def axis_label(self) -> str:
+        """What the time axis measures."""
+        if self.shared:
+            return f"seconds since {self.first}'s call started (as the callers hear it)"
+        if len(self.offsets) > 1:
+            return "seconds into each call (as the caller hears it)"
+        return "seconds into the call (as the caller hears it)"
+
+    def start_note(self, index: int) -> str:
+        """Where call ``index`` starts on the clock, for its title; empty on its own clock."""
+        if not self.shared:
+            return ""
+        if not self.offsets[index]:
+            return "at 0.0 s (the clock starts with this call)"
+        return f"at {self.offsets[index]:.1f} s on {self.first}'s clock"
+
+
 @dataclass(slots=True)
 class _Played:
     """One audio frame, placed where it plays."""
