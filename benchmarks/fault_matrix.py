@@ -214,7 +214,8 @@ audio, then the provider's error message or a WebSocket close (HTTP: a 500, or t
 aborted); `hang` never answers; `stall` sends 120 ms of audio, then nothing; `zeros`
 sends digital silence; `empty` ends with no audio; `slow-ttfb` holds the first audio
 back 800 ms; `slow-drip` streams 3x slower than real time; `flap` refuses every other
-request with 503.
+request with 503; `quota-exceeded` is an account out of credits (ElevenLabs: HTTP 401
+`quota_exceeded`, on a WebSocket that message and a 1008 close; Cartesia: 402).
 """
 
 

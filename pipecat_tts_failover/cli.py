@@ -71,8 +71,9 @@ def _add_emulate(subparsers: argparse._SubParsersAction):
         epilog=(
             "Faults are KIND[:VALUE][@N|%K]: reject-401, reject-429, reject-503, error[:MS], "
             "close-1011[:MS], hang, stall[:MS], zeros, empty, slow-ttfb[:MS], slow-drip[:X], "
-            "flap. @N applies to the N-th request only, %K to every K-th. "
-            "Example: --fault slow-ttfb:800, --fault error@3, --fault hang%2."
+            "flap, quota-exceeded. @N applies to the N-th request only, %K to every K-th. "
+            "Example: --fault slow-ttfb:800, --fault error@3, --fault hang%2. Change it while "
+            'running: POST {"fault": "..."} (or null) to /_control/fault.'
         ),
     )
     parser.add_argument("provider", choices=_PROVIDERS, help="which provider to emulate")
@@ -89,12 +90,15 @@ def _add_emulate(subparsers: argparse._SubParsersAction):
     parser.add_argument(
         "--speed",
         type=_speed_argument,
-        default=1.0,
-        help="times faster than real time to stream audio (default: 1.0, real time)",
+        default=4.0,
+        help="times faster than real time to stream audio (default: 4, as providers stream)",
     )
     parser.add_argument(
         "--log-level", default="INFO", help="loguru level for the emulator's log (default: INFO)"
     )
+    from pipecat_tts_failover.testing._cli import add_limit_options
+
+    add_limit_options(parser)
     parser.set_defaults(handler=_run_emulate)
 
 
@@ -191,12 +195,13 @@ def _run_emulate(args: argparse.Namespace) -> int:
 
 
 async def _emulate(args: argparse.Namespace) -> int:
-    from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
+    from pipecat_tts_failover.testing._cli import build_emulator, describe
 
-    emulator_class = CartesiaEmulator if args.provider == "cartesia" else ElevenLabsEmulator
-    emulator = emulator_class(
-        host=args.host, port=args.port, api_key=args.api_key, fault=args.fault, speed=args.speed
-    )
+    try:
+        emulator = build_emulator(args)
+    except ValueError as e:
+        print(f"pipecat-tts-failover emulate: {e}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -210,11 +215,7 @@ async def _emulate(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        print(
-            f"{args.provider} emulator listening on {emulator.http_url} and {emulator.ws_url}"
-            f" (fault: {emulator.fault or 'none'})",
-            flush=True,
-        )
+        print(describe(emulator), flush=True)
         await stop.wait()
     finally:
         await emulator.stop()

@@ -2,7 +2,9 @@
 
 import asyncio
 import base64
+import itertools
 import json
+import logging
 import math
 import signal
 import sys
@@ -13,13 +15,16 @@ import aiohttp
 import httpx
 import numpy as np
 import pytest
-from cartesia import AsyncCartesia
+from cartesia import AsyncCartesia, BadRequestError
 from elevenlabs.client import AsyncElevenLabs
 from elevenlabs.core.api_error import ApiError
+from loguru import logger
 from pipecat.frames.frames import TTSStoppedFrame
+from pipecat.services.cartesia.tts import CartesiaTTSService
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from pipecat_tts_failover.cli import build_parser
 from pipecat_tts_failover.testing import (
     CartesiaEmulator,
     ElevenLabsEmulator,
@@ -27,6 +32,7 @@ from pipecat_tts_failover.testing import (
     FaultKind,
     SynthesisRequest,
 )
+from pipecat_tts_failover.testing._cli import build_emulator
 from tests.support.emulators import (
     API_KEY,
     SAMPLE_RATE,
@@ -335,7 +341,8 @@ async def test_pipecat_services_get_an_error_frame_for_a_rejected_key(session):
     async with ElevenLabsEmulator(api_key="another-key") as emu:
         ws_spoken = await speak(elevenlabs_ws(emu), SHORT)
         http_spoken = await speak(elevenlabs_http(emu, session), SHORT)
-    assert any("HTTP 401" in e.error for e in ws_spoken.errors)
+    # As on the real API, the WebSocket opens, then closes with 1008.
+    assert any("1008 (policy violation) Invalid API key" in e.error for e in ws_spoken.errors)
     assert any("invalid_api_key" in e.error for e in http_spoken.errors)
     assert ws_spoken.audio == http_spoken.audio == b""
 
@@ -550,7 +557,7 @@ async def test_cartesia_error_fault_sends_the_error_message_after_some_audio():
     assert len(audio_of(messages)) == 2 * round(0.08 * SAMPLE_RATE)
 
 
-async def test_elevenlabs_error_fault_sends_the_error_then_closes_1011():
+async def test_elevenlabs_error_fault_sends_the_error_then_closes_1008():
     async with (
         ElevenLabsEmulator(fault="error:40") as emu,
         connect(elevenlabs_ws_url(emu), additional_headers={"xi-api-key": API_KEY}) as ws,
@@ -562,8 +569,11 @@ async def test_elevenlabs_error_fault_sends_the_error_then_closes_1011():
                 while True:
                     messages.append(json.loads(await ws.recv()))
     assert "audio" in messages[0]
-    assert messages[-1]["error"] == "internal_server_error" and messages[-1]["code"] == 1011
-    assert closed.value.rcvd.code == 1011
+    assert messages[-1]["code"] == 1008
+    assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason == (
+        "We are sorry, something went wrong. You are not charged for this request."
+    )
 
 
 async def test_close_1011_fault_closes_the_websocket_or_aborts_the_body(session):
@@ -671,7 +681,7 @@ async def test_selected_websocket_contexts_are_refused_in_band():
                 while (message := json.loads(await ws.recv()))["type"] not in ("done", "error"):
                     pass
             results.append((message["type"], message.get("status_code")))
-    assert results == [("done", 200), ("error", 429), ("done", 200)]
+    assert results == [("done", 206), ("error", 429), ("done", 206)]
     assert [r.fault for r in emu.requests] == [None, Fault("reject-429", nth=2), None]
 
 
@@ -694,6 +704,8 @@ async def test_faults_switch_at_runtime_and_count_from_the_switch(cartesia, sess
 
 async def test_emulators_bind_distinct_free_ports_on_localhost():
     async with CartesiaEmulator() as a, ElevenLabsEmulator() as b:
+        assert a.clients["CartesiaTTSService"] == f'url="{a.websocket_url}"'
+        assert b.clients["ElevenLabsTTSService"] == f'url="{b.ws_url}"'
         assert a.port != b.port
         assert a.http_url == f"http://127.0.0.1:{a.port}"
         assert b.ws_url == f"ws://127.0.0.1:{b.port}"
@@ -749,13 +761,24 @@ async def test_cli_emulates_until_sigterm_and_exits_cleanly(session):
         stderr=asyncio.subprocess.PIPE,
     )
     try:
+        printed = []
         async with asyncio.timeout(30):
-            ready = (await process.stdout.readline()).decode()
-        response = await session.post(
-            f"http://127.0.0.1:{port}/tts/bytes",
-            json={"transcript": SHORT, "output_format": RAW_16K},
-            headers={"X-API-Key": API_KEY},
-        )
+            while not printed or "curl -X DELETE" not in printed[-1]:
+                printed.append((await process.stdout.readline()).decode())
+        ready = printed[0]
+        async with session.post(
+            f"http://127.0.0.1:{port}/_control/fault", json={"fault": "reject-503@1"}
+        ) as r:
+            control_status = r.status
+        body = {
+            "model_id": "sonic-3",
+            "voice": VOICE,
+            "transcript": SHORT,
+            "output_format": RAW_16K,
+        }
+        url = f"http://127.0.0.1:{port}/tts/bytes"
+        broken = await status_of(session.post(url, json=body, headers={"X-API-Key": API_KEY}))
+        response = await session.post(url, json=body, headers={"X-API-Key": API_KEY})
         audio = await response.read()
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
@@ -765,6 +788,10 @@ async def test_cli_emulates_until_sigterm_and_exits_cleanly(session):
             process.kill()
             await process.wait()
     assert f"http://127.0.0.1:{port}" in ready
+    # The exact argument each client needs, the WebSocket path included.
+    assert f'  CartesiaTTSService(url="ws://127.0.0.1:{port}/tts/websocket", ...)\n' in printed
+    assert f'  CartesiaHttpTTSService(base_url="http://127.0.0.1:{port}", ...)\n' in printed
+    assert (control_status, broken) == (200, 503)
     assert response.status == 200 and rms(audio) > 0.02
     assert code == 0
 
@@ -785,3 +812,455 @@ async def test_cli_rejects_a_bad_fault_with_a_clear_message():
         _, stderr = await process.communicate()
     assert process.returncode == 2
     assert "bad fault 'explode@2': unknown kind 'explode'" in stderr.decode()
+
+
+# -- the real services' own triggers -----------------------------------------
+
+
+def elevenlabs_url(emu: ElevenLabsEmulator, endpoint: str = "multi-stream-input", **query) -> str:
+    params = {"model_id": "eleven_flash_v2_5", "output_format": "pcm_16000"} | query
+    query_text = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"{emu.ws_url}/v1/text-to-speech/emulated-voice/{endpoint}?{query_text}"
+
+
+async def until_closed(ws) -> tuple[list[dict], ConnectionClosed]:
+    """Every message until the server closes the socket, and how it closed."""
+    messages = []
+    with pytest.raises(ConnectionClosed) as closed:
+        async with asyncio.timeout(5):
+            while True:
+                messages.append(json.loads(await ws.recv()))
+    return messages, closed.value
+
+
+async def cartesia_until(ws, context_id: str, types=("done", "error")) -> dict:
+    """The first message of ``context_id`` whose type is one of ``types``."""
+    async with asyncio.timeout(5):
+        while True:
+            message = json.loads(await ws.recv())
+            if message.get("context_id") == context_id and message["type"] in types:
+                return message
+
+
+async def test_cartesia_contexts_past_the_plan_limit_get_429_concurrency_limited(session):
+    async with (
+        CartesiaEmulator(concurrency_limit=2) as emu,
+        connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws,
+    ):
+        # Contexts left open (continue: true) count until done or cancel.
+        for context_id in ("a", "b"):
+            await ws.send(cartesia_message(SHORT, context_id, **{"continue": True}))
+            await cartesia_until(ws, context_id, ("chunk",))
+        await ws.send(cartesia_message(SHORT, "c"))
+        refused = await cartesia_until(ws, "c")
+        http_status = await status_of(cartesia_bytes(session, emu))
+        await ws.send(json.dumps({"context_id": "a", "cancel": True}))
+        await ws.send(cartesia_message(SHORT, "d"))
+        after_cancel = await cartesia_until(ws, "d")
+    assert refused["type"] == "error" and refused["status_code"] == 429
+    assert refused["error_code"] == "concurrency_limited"
+    assert http_status == 429
+    assert after_cancel["type"] == "done"
+    assert [r.refusal for r in emu.requests] == [
+        None,
+        None,
+        "concurrency_limited",
+        "concurrency_limited",
+        None,
+    ]
+
+
+async def test_cartesia_refuses_a_handshake_past_ten_sockets_per_concurrency():
+    async with CartesiaEmulator(concurrency_limit=1) as emu:
+        headers = {"X-API-Key": API_KEY}
+        sockets = [await connect(emu.websocket_url, additional_headers=headers) for _ in range(10)]
+        try:
+            with pytest.raises(InvalidStatus) as raised:
+                await connect(emu.websocket_url, additional_headers=headers)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+    assert raised.value.response.status_code == 429
+    assert b"your plan allows 10" in raised.value.response.body
+
+
+async def test_cartesia_closes_an_idle_socket_and_pipecat_reconnects_for_the_next_sentence():
+    from pipecat.tests.utils import SleepFrame
+
+    async with CartesiaEmulator(idle_timeout=0.5) as emu:
+        async with connect(emu.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+            began = time.monotonic()
+            async with asyncio.timeout(5):
+                await ws.wait_closed()
+            idle = time.monotonic() - began
+        spoken = await speak(cartesia_ws(emu), SHORT, SleepFrame(sleep=1.0), TEXT)
+    assert ws.close_code == 1000 and ws.close_reason == "connection idle timeout"
+    assert idle >= 0.5
+    assert spoken.errors == []
+    assert spoken.words == SHORT.split() + TEXT.split()
+    assert emu.connections == 3  # the probe socket, then pipecat's first and its reconnect
+
+
+@pytest.mark.parametrize("model", ["no-such-model", None])
+async def test_cartesia_refuses_an_unknown_or_missing_model_in_band_and_over_http(model):
+    async with CartesiaEmulator() as emu:
+        messages = await cartesia_context(emu, model_id=model)
+        client = AsyncCartesia(api_key=API_KEY, base_url=emu.http_url, max_retries=0)
+        async with client:
+            with pytest.raises(BadRequestError) as raised:
+                await client.tts.generate(
+                    model_id=model, transcript=SHORT, voice=VOICE, output_format=RAW_16K
+                )
+    code = "model_not_found" if model else "invalid_request"
+    assert [m["type"] for m in messages] == ["error"]
+    assert messages[0]["status_code"] == 400 and messages[0]["error_code"] == code
+    assert raised.value.body["error_code"] == code
+    assert [r.refusal for r in emu.requests] == [code, code]
+
+
+async def test_pipecat_cartesia_reports_an_unknown_model_and_speaks_nothing():
+    async with CartesiaEmulator() as emu:
+        settings = CartesiaTTSService.Settings(voice="emulated-voice", model="no-such-model")
+        spoken = await speak(cartesia_ws(emu, settings=settings), SHORT)
+    assert spoken.audio == b""
+    assert any("model_not_found" in e.error for e in spoken.errors)
+
+
+async def test_cartesia_chunks_carry_their_flush_id_and_done_says_206(cartesia):
+    async with connect(cartesia.websocket_url, additional_headers={"X-API-Key": API_KEY}) as ws:
+        await ws.send(cartesia_message("One. ", "c", **{"continue": True, "flush": True}))
+        await ws.send(cartesia_message("Two.", "c"))
+        messages = []
+        async with asyncio.timeout(5):
+            while not messages or messages[-1]["type"] != "done":
+                messages.append(json.loads(await ws.recv()))
+    flush_at = next(i for i, m in enumerate(messages) if m["type"] == "flush_done")
+    before = {m["flush_id"] for m in messages[:flush_at] if m["type"] in ("chunk", "timestamps")}
+    after = {m["flush_id"] for m in messages[flush_at:] if m["type"] in ("chunk", "timestamps")}
+    assert (before, messages[flush_at]["flush_id"], after) == ({1}, 1, {2})
+    assert messages[-1]["status_code"] == 206
+
+
+async def test_elevenlabs_sixth_open_context_closes_the_socket_with_max_active_conversations():
+    async with (
+        ElevenLabsEmulator() as emu,
+        connect(elevenlabs_url(emu), additional_headers={"xi-api-key": API_KEY}) as ws,
+    ):
+        for i in range(5):
+            await ws.send(json.dumps({"text": " ", "context_id": f"c{i}"}))
+        # A closed context frees its slot once its isFinal is out.
+        await ws.send(json.dumps({"context_id": "c0", "close_context": True}))
+        assert (await elevenlabs_replies(ws))[-1] == {"isFinal": True, "contextId": "c0"}
+        await ws.send(json.dumps({"text": " ", "context_id": "c5"}))
+        await ws.send(json.dumps({"text": " ", "context_id": "c6"}))
+        messages, closed = await until_closed(ws)
+    reason = (
+        "Maximum simultaneous contexts per WebSocket connection exceeded (5). "
+        "Please close an existing context before opening a new one."
+    )
+    assert messages == [
+        {"message": reason, "error": "max_active_conversations", "code": 1008, "contextId": "c6"}
+    ]
+    assert (closed.rcvd.code, closed.rcvd.reason) == (1008, reason[:123])
+    assert emu.requests[-1].refusal == "max_active_conversations"
+
+
+SETTINGS_RULE = (
+    "voice_settings field must be provided in the first message and then either be not "
+    "provided or not change."
+)
+
+
+@pytest.mark.parametrize(
+    "first,later",
+    [
+        ({"stability": 0.5}, {"stability": 0.7}),  # changed
+        (None, {"stability": 0.5}),  # the keepalive came first (pipecat#4520's race)
+    ],
+)
+async def test_elevenlabs_voice_settings_that_change_close_the_socket_1008(first, later):
+    async with (
+        ElevenLabsEmulator() as emu,
+        connect(elevenlabs_url(emu), additional_headers={"xi-api-key": API_KEY}) as ws,
+    ):
+        opening = {"text": " " if first else "", "context_id": "c"}
+        await ws.send(json.dumps(opening | ({"voice_settings": first} if first else {})))
+        await ws.send(json.dumps({"text": " ", "context_id": "c", "voice_settings": first}))
+        await ws.send(json.dumps({"text": "Hi. ", "context_id": "c", "voice_settings": later}))
+        _, closed = await until_closed(ws)
+    assert (closed.rcvd.code, closed.rcvd.reason) == (1008, SETTINGS_RULE)
+
+
+async def test_elevenlabs_same_voice_settings_again_are_accepted(elevenlabs):
+    settings = {"stability": 0.5, "similarity_boost": 0.8}
+    async with connect(
+        elevenlabs_url(elevenlabs), additional_headers={"xi-api-key": API_KEY}
+    ) as ws:
+        await ws.send(json.dumps({"text": " ", "context_id": "a", "voice_settings": settings}))
+        await ws.send(json.dumps({"text": SHORT, "context_id": "a", "voice_settings": settings}))
+        await ws.send(json.dumps({"context_id": "a", "close_context": True}))
+        replies = await elevenlabs_replies(ws)
+    assert replies[-1] == {"isFinal": True, "contextId": "a"}
+
+
+async def test_elevenlabs_inactivity_timeout_closes_with_input_timeout_exceeded():
+    async with ElevenLabsEmulator() as emu:
+        headers = {"xi-api-key": API_KEY}
+        async with connect(
+            elevenlabs_url(emu, inactivity_timeout=1), additional_headers=headers
+        ) as ws:
+            # Keepalives (empty text) hold it open past the timeout...
+            began = time.monotonic()
+            for _ in range(5):
+                await ws.send(json.dumps({"text": ""}))
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await ws.recv()
+            kept_open = time.monotonic() - began
+            # ...silence does not.
+            messages, closed = await until_closed(ws)
+        with pytest.raises(InvalidStatus) as too_long:
+            await connect(elevenlabs_url(emu, inactivity_timeout=181), additional_headers=headers)
+    assert kept_open > 1.2
+    assert messages[0]["error"] == "input_timeout_exceeded" and messages[0]["code"] == 1008
+    assert messages[0]["message"].startswith(
+        "Have not received a new text input within the timeout of 1 seconds."
+    )
+    assert closed.rcvd.code == 1008
+    assert too_long.value.response.status_code == 400
+    with pytest.raises(ValueError, match="at most 180"):
+        ElevenLabsEmulator(inactivity_timeout=200)
+
+
+async def test_elevenlabs_websocket_opens_then_closes_1008_for_a_bad_key_model_or_voice():
+    results = {}
+    async with ElevenLabsEmulator(voices=["emulated-voice"]) as emu:
+        cases = {
+            "key": (elevenlabs_url(emu), {"xi-api-key": "wrong"}),
+            "model": (elevenlabs_url(emu, model_id="no-such-model"), {"xi-api-key": API_KEY}),
+            "v3": (elevenlabs_url(emu, model_id="eleven_v3"), {"xi-api-key": API_KEY}),
+            "voice": (
+                elevenlabs_url(emu).replace("emulated-voice", "other-voice"),
+                {"xi-api-key": API_KEY},
+            ),
+        }
+        for case, (url, headers) in cases.items():
+            async with connect(url, additional_headers=headers) as ws:  # the handshake succeeds
+                messages, closed = await until_closed(ws)
+            results[case] = (messages[0]["error"], closed.rcvd.code)
+        single_v3 = elevenlabs_url(emu, "stream-input", model_id="eleven_v3")
+        async with connect(single_v3, additional_headers={"xi-api-key": API_KEY}) as ws:
+            await ws.send(json.dumps({"text": " "}))
+            await ws.send(json.dumps({"text": SHORT}))
+            await ws.send(json.dumps({"text": ""}))
+            v3_single, _ = await until_closed(ws)
+    assert results == {
+        "key": ("invalid_api_key", 1008),
+        "model": ("model_not_found", 1008),
+        "v3": ("unsupported_model", 1008),
+        "voice": ("voice_not_found", 1008),
+    }
+    assert v3_single[-1] == {"isFinal": True}  # eleven_v3 is served on stream-input
+
+
+@pytest.mark.parametrize("key,served", [(API_KEY, True), ("wrong", False), (None, False)])
+async def test_elevenlabs_takes_the_key_from_the_first_message_when_no_header(key, served):
+    async with (
+        ElevenLabsEmulator() as emu,
+        connect(elevenlabs_url(emu)) as ws,
+    ):
+        first = {"text": " ", "context_id": "a"} | ({"xi_api_key": key} if key else {})
+        await ws.send(json.dumps(first))
+        await ws.send(json.dumps({"text": SHORT, "context_id": "a", "close_context": True}))
+        if served:
+            replies = await elevenlabs_replies(ws)
+        else:
+            replies, closed = await until_closed(ws)
+    if served:
+        assert replies[-1] == {"isFinal": True, "contextId": "a"} and audio_of(replies, "audio")
+    else:
+        expected = "invalid_api_key" if key else "needs_authorization"
+        assert replies[0]["error"] == expected and closed.rcvd.code == 1008
+
+
+async def test_elevenlabs_close_socket_finishes_every_flushed_context_first(elevenlabs):
+    async with connect(
+        elevenlabs_url(elevenlabs), additional_headers={"xi-api-key": API_KEY}
+    ) as ws:
+        for context_id in ("a", "b"):
+            await ws.send(json.dumps({"text": " ", "context_id": context_id}))
+            await ws.send(json.dumps({"text": SHORT, "context_id": context_id, "flush": True}))
+        await ws.send(json.dumps({"close_socket": True}))
+        messages, closed = await until_closed(ws)
+    finals = [m["contextId"] for m in messages if m.get("isFinal")]
+    for context_id in ("a", "b"):
+        audio = audio_of((m for m in messages if m.get("contextId") == context_id), "audio")
+        assert len(audio) == 2 * round(expected_seconds(" " + SHORT) * SAMPLE_RATE)
+    assert sorted(finals) == ["a", "b"]
+    assert closed.rcvd.code == 1000
+
+
+async def test_elevenlabs_stream_input_serves_one_context_per_socket_in_the_sdk_shapes(
+    elevenlabs,
+):
+    from elevenlabs.types import AudioOutput, FinalOutput
+
+    url = elevenlabs_url(elevenlabs, "stream-input")
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"text": " ", "xi-api-key": API_KEY}))
+        await ws.send(json.dumps({"text": TEXT + " "}))
+        await ws.send(json.dumps({"text": ""}))  # end of input
+        messages, closed = await until_closed(ws)
+    audio = [AudioOutput.model_validate(m) for m in messages[:-1]]
+    final = FinalOutput.model_validate(messages[-1])
+    chars = "".join(c for a in audio if a.alignment for c in a.alignment.chars or [])
+    assert final.is_final is True and all("contextId" not in m for m in messages)
+    assert chars.strip() == TEXT
+    assert closed.rcvd.code == 1000
+    assert [r.path for r in elevenlabs.requests] == [
+        "/v1/text-to-speech/emulated-voice/stream-input"
+    ]
+
+
+async def test_elevenlabs_alignment_splits_words_across_messages_as_the_real_api_does(
+    elevenlabs,
+):
+    async with connect(
+        elevenlabs_url(elevenlabs), additional_headers={"xi-api-key": API_KEY}
+    ) as ws:
+        await elevenlabs_context(ws, TEXT)
+        replies = await elevenlabs_replies(ws)
+    async with (
+        ElevenLabsEmulator(split_words=False) as whole,
+        connect(elevenlabs_url(whole), additional_headers={"xi-api-key": API_KEY}) as ws,
+    ):
+        await elevenlabs_context(ws, TEXT)
+        whole_replies = await elevenlabs_replies(ws)
+    texts = ["".join(m["alignment"]["chars"]) for m in replies if m.get("alignment")]
+    whole_texts = ["".join(m["alignment"]["chars"]) for m in whole_replies if m.get("alignment")]
+    # Some message ends inside a word: its last character and the next message's first are letters.
+    assert any(a[-1].isalpha() and b[0].isalpha() for a, b in itertools.pairwise(texts))
+    assert not any(a[-1].isalpha() and b[0].isalpha() for a, b in itertools.pairwise(whole_texts))
+    assert "".join(texts).strip() == "".join(whole_texts).strip() == TEXT
+
+
+async def test_elevenlabs_http_past_the_plan_limit_gets_429_with_the_concurrency_headers(
+    session,
+):
+    async with ElevenLabsEmulator(concurrency_limit=1, speed=2.0) as emu:
+        first = await elevenlabs_stream(session, emu, TEXT)
+        await first.content.readany()  # streaming: it counts
+        async with httpx.AsyncClient() as http:
+            client = AsyncElevenLabs(api_key=API_KEY, base_url=emu.http_url, httpx_client=http)
+            with pytest.raises(ApiError) as raised:
+                async for _ in client.text_to_speech.stream(
+                    "emulated-voice", text=SHORT, output_format="pcm_16000"
+                ):
+                    pass
+        await first.read()  # done: it no longer counts
+        second = await elevenlabs_stream(session, emu)
+        await second.read()
+    assert raised.value.status_code == 429
+    assert raised.value.body["detail"]["status"] == "too_many_concurrent_requests"
+    assert "maximum of 1 concurrent requests" in raised.value.body["detail"]["message"]
+    assert raised.value.headers["current-concurrent-requests"] == "1"
+    assert raised.value.headers["maximum-concurrent-requests"] == "1"
+    assert second.status == 200 and second.headers["maximum-concurrent-requests"] == "1"
+
+
+async def test_quota_exceeded_fault_answers_as_each_provider_does(session):
+    async with ElevenLabsEmulator(fault="quota-exceeded") as emu:
+        async with httpx.AsyncClient() as http:
+            client = AsyncElevenLabs(api_key=API_KEY, base_url=emu.http_url, httpx_client=http)
+            with pytest.raises(ApiError) as raised:
+                async for _ in client.text_to_speech.stream(
+                    "emulated-voice", text=SHORT, output_format="pcm_16000"
+                ):
+                    pass
+        async with connect(elevenlabs_url(emu), additional_headers={"xi-api-key": API_KEY}) as ws:
+            await elevenlabs_context(ws, SHORT)
+            messages, closed = await until_closed(ws)
+    async with CartesiaEmulator(fault="quota-exceeded") as cartesia:
+        cartesia_status = await status_of(cartesia_bytes(session, cartesia))
+    assert raised.value.status_code == 401
+    assert raised.value.body["detail"]["status"] == "quota_exceeded"
+    assert raised.value.body["detail"]["message"].startswith("This request exceeds your quota")
+    assert messages[-1]["error"] == "quota_exceeded" and closed.rcvd.code == 1008
+    assert cartesia_status == 402
+
+
+async def test_elevenlabs_http_refuses_a_voice_it_does_not_know(session):
+    async with (
+        ElevenLabsEmulator(voices=["emulated-voice"]) as emu,
+        httpx.AsyncClient() as http,
+    ):
+        client = AsyncElevenLabs(api_key=API_KEY, base_url=emu.http_url, httpx_client=http)
+        with pytest.raises(ApiError) as raised:
+            async for _ in client.text_to_speech.stream(
+                "someone-else", text=SHORT, output_format="pcm_16000"
+            ):
+                pass
+    assert raised.value.status_code == 404
+    assert raised.value.body["detail"]["status"] == "voice_not_found"
+
+
+# -- control and hang-ups -----------------------------------------------------
+
+
+async def test_control_endpoint_sets_and_clears_the_fault_of_a_running_emulator(session):
+    async with CartesiaEmulator() as emu:
+        before = await status_of(cartesia_bytes(session, emu))
+        async with session.post(emu.control_url, json={"fault": "reject-503"}) as r:
+            set_answer = (r.status, await r.json())
+        broken = await status_of(cartesia_bytes(session, emu))
+        async with session.post(emu.control_url, json={"fault": "explode"}) as r:
+            bad_answer = (r.status, (await r.json())["error"])
+        async with session.get(emu.control_url) as r:
+            still = await r.json()
+        async with session.delete(emu.control_url) as r:
+            cleared = await r.json()
+        after = await status_of(cartesia_bytes(session, emu))
+    assert (before, broken, after) == (200, 503, 200)
+    assert set_answer == (200, {"fault": "reject-503"})
+    assert bad_answer[0] == 400 and "unknown kind 'explode'" in bad_answer[1]
+    assert still == {"fault": "reject-503"} and cleared == {"fault": None}
+    assert emu.fault is None
+
+
+@pytest.mark.parametrize("endpoint", ["cartesia_bytes", "elevenlabs_stream"])
+async def test_a_client_hanging_up_mid_answer_is_normal_and_logs_no_error(
+    endpoint, session, caplog
+):
+    errors = []
+    sink = logger.add(lambda m: errors.append(m), level="ERROR")
+    emulator_class = CartesiaEmulator if endpoint.startswith("cartesia") else ElevenLabsEmulator
+    try:
+        async with emulator_class(speed=1.0) as emu:
+            request = cartesia_bytes if endpoint.startswith("cartesia") else elevenlabs_stream
+            response = await request(session, emu, TEXT)
+            await response.content.readany()
+            response.close()  # hang up mid-answer
+            handlers = list(emu._handler_tasks)
+            async with asyncio.timeout(5):
+                await asyncio.wait(handlers)
+            active = emu.active
+    finally:
+        logger.remove(sink)
+    assert handlers  # the answer was still streaming when the client left
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert errors == []
+    assert active == 0
+
+
+# -- defaults ---------------------------------------------------------------
+
+
+def test_the_command_line_and_the_python_api_share_their_defaults():
+    args = build_parser().parse_args(["emulate", "elevenlabs"])
+    emulator = build_emulator(args)
+    python = ElevenLabsEmulator()
+    assert args.speed == python.speed == 4.0
+    assert emulator.concurrency_limit == python.concurrency_limit == 15
+    assert emulator.inactivity_timeout == python.inactivity_timeout == 20.0
+    assert emulator.max_contexts_per_socket == python.max_contexts_per_socket == 5
+    cartesia = build_emulator(build_parser().parse_args(["emulate", "cartesia"]))
+    assert cartesia.idle_timeout == CartesiaEmulator().idle_timeout == 300.0

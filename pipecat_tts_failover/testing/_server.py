@@ -1,4 +1,4 @@
-"""What both emulators share: the aiohttp server's life, faults, request records, pacing."""
+"""What both emulators share: the aiohttp server's life, faults, limits, request records, pacing."""
 
 import asyncio
 import bisect
@@ -15,9 +15,19 @@ from loguru import logger
 from pipecat_tts_failover.testing._speech import Speech, encode
 from pipecat_tts_failover.testing.faults import Fault, FaultKind
 
-__all__ = ["Emulator", "SynthesisRequest"]
+__all__ = ["CONTROL_PATH", "SCALE_PLAN_CONCURRENCY", "Emulator", "SynthesisRequest"]
+
+# Where a streamed response is kept on its request, for a client that hangs up.
+_PREPARED = web.RequestKey("pipecat_tts_failover.prepared", web.StreamResponse)
+# RFC 6455: a close frame's reason fits in 123 bytes.
+_MAX_CLOSE_REASON = 123
 
 _CLOSE_TIMEOUT_S = 1.0
+#: Both providers' concurrency limit on their Scale plan (Cartesia: 15 contexts;
+#: ElevenLabs: 15 requests), the default of ``concurrency_limit``.
+SCALE_PLAN_CONCURRENCY = 15
+#: Where a running emulator's fault is read (GET), set (POST) and cleared (DELETE).
+CONTROL_PATH = "/_control/fault"
 # Faults that cut a stream short after some audio.
 _CUT_KINDS = (FaultKind.ERROR, FaultKind.CLOSE_1011, FaultKind.STALL)
 
@@ -35,6 +45,9 @@ class SynthesisRequest:
         context_id: The WebSocket context id; None for HTTP.
         sample_rate: The sample rate asked for.
         fault: The fault applied to this request, or None if it was healthy.
+        refusal: Why the emulator refused it on its own, as the real service
+            would (``"concurrency_limited"``, ``"max_active_conversations"``,
+            ``"model_not_found"``...), or None.
     """
 
     ordinal: int
@@ -44,6 +57,7 @@ class SynthesisRequest:
     context_id: str | None = None
     sample_rate: int | None = None
     fault: Fault | None = None
+    refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +73,34 @@ class _Chunk:
 async def _forever() -> None:
     """Wait until cancelled (``hang`` and ``stall``; the emulator's stop cancels it)."""
     await asyncio.get_running_loop().create_future()
+
+
+class _Watchdog:
+    """Runs ``on_expiry`` once ``timeout`` seconds pass without a ``kick``.
+
+    Its task is owned by the emulator (cancelled on stop) and by the
+    connection it watches (cancelled when that closes).
+    """
+
+    def __init__(self, timeout: float, on_expiry: Callable[[], Awaitable[None]]):
+        self.timeout = timeout
+        self._on_expiry = on_expiry
+        self._kicked = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def kick(self):
+        """Start the timeout again."""
+        self._kicked.set()
+
+    async def run(self):
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._kicked.wait()
+            except TimeoutError:
+                await self._on_expiry()
+                return
+            self._kicked.clear()
 
 
 class Emulator:
@@ -80,6 +122,10 @@ class Emulator:
         chunk_ms: Milliseconds of audio per streamed message.
         ms_per_char: Milliseconds of speech per character of text.
         host: Interface to bind.
+        concurrency_limit: The account's plan limit on generations at once,
+            counted as the provider counts them (see each emulator); past it
+            the request is refused with the provider's 429. Default 15, both
+            providers' Scale plan; None for no limit.
 
     Raises:
         ValueError: If a number is out of range or the fault does not parse.
@@ -97,6 +143,7 @@ class Emulator:
         chunk_ms: int = 40,
         ms_per_char: float = 60.0,
         host: str = "127.0.0.1",
+        concurrency_limit: int | None = SCALE_PLAN_CONCURRENCY,
     ):
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in 0..65535, got {port!r}")
@@ -106,12 +153,15 @@ class Emulator:
             raise ValueError(f"chunk_ms must be an int >= 1, got {chunk_ms!r}")
         if not ms_per_char > 0:
             raise ValueError(f"ms_per_char must be > 0, got {ms_per_char!r}")
+        _check_count("concurrency_limit", concurrency_limit)
         self._host = host
         self._requested_port = port
         self._api_key = api_key
         self.speed = speed
         self.chunk_ms = chunk_ms
         self.ms_per_char = ms_per_char
+        self.concurrency_limit = concurrency_limit
+        self._active = 0  # generations counted against concurrency_limit
 
         self._fault: Fault | None = Fault.coerce(fault)
         self._fault_count = 0
@@ -137,6 +187,9 @@ class Emulator:
         if self._runner is not None:
             return self
         app = web.Application(middlewares=[self._track_handler])
+        app.router.add_get(CONTROL_PATH, self._get_fault)
+        app.router.add_post(CONTROL_PATH, self._post_fault)
+        app.router.add_delete(CONTROL_PATH, self._delete_fault)
         self._add_routes(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CLOSE_TIMEOUT_S)
         await runner.setup()
@@ -193,14 +246,30 @@ class Emulator:
     async def _track_handler(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """Remember the task serving each request, so ``stop`` can cancel it."""
+        """Remember the task serving each request, so ``stop`` can cancel it.
+
+        A client that hangs up mid-answer is normal (a probe that heard enough,
+        a caller that moved on): the write that finds the connection gone ends
+        the handler quietly instead of an aiohttp ERROR with a traceback.
+        """
         task = asyncio.current_task()
         assert task is not None
         self._handler_tasks.add(task)
         try:
             return await handler(request)
+        except ConnectionResetError as e:
+            logger.debug(f"{self}: client hung up on {request.path}: {e}")
+            prepared = request.get(_PREPARED)
+            return prepared if prepared is not None else web.Response(status=499)
         finally:
             self._handler_tasks.discard(task)
+
+    @staticmethod
+    async def _prepare(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        """Send a streamed response's headers, remembering it for a hang-up."""
+        request[_PREPARED] = response
+        await response.prepare(request)
+        return response
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task:
         """Start a task the emulator owns and cancels on stop."""
@@ -214,6 +283,23 @@ class Emulator:
 
     def __str__(self) -> str:
         return f"{type(self).__name__}#{self._port or 'unbound'}"
+
+    # -- concurrency ------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Generations counted against ``concurrency_limit`` now."""
+        return self._active
+
+    def _acquire(self) -> bool:
+        """Count one more generation, or say False if the plan's limit is reached."""
+        if self.concurrency_limit is not None and self._active >= self.concurrency_limit:
+            return False
+        self._active += 1
+        return True
+
+    def _release(self):
+        self._active -= 1
 
     # -- addresses --------------------------------------------------------
 
@@ -233,6 +319,21 @@ class Emulator:
     def ws_url(self) -> str:
         """Base WebSocket URL, e.g. ``ws://127.0.0.1:54321``."""
         return f"ws://{self._host}:{self.port}"
+
+    @property
+    def control_url(self) -> str:
+        """Where to read (GET), set (POST ``{"fault": "..."}``) or clear (DELETE) the fault."""
+        return f"{self.http_url}{CONTROL_PATH}"
+
+    @property
+    def clients(self) -> dict[str, str]:
+        """How to point each pipecat service and official SDK at this emulator.
+
+        Returns:
+            Client name -> the keyword arguments to give it, e.g.
+            ``{"CartesiaTTSService": 'url="ws://127.0.0.1:8123/tts/websocket"'}``.
+        """
+        raise NotImplementedError
 
     # -- faults -----------------------------------------------------------
 
@@ -254,6 +355,30 @@ class Emulator:
     def clear_fault(self):
         """Stop injecting faults."""
         self.set_fault(None)
+
+    async def _get_fault(self, request: web.Request) -> web.Response:
+        return web.json_response({"fault": str(self._fault) if self._fault else None})
+
+    async def _post_fault(self, request: web.Request) -> web.Response:
+        """``POST /_control/fault`` with ``{"fault": "error@2"}`` (or null to clear)."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or "fault" not in body:
+            return web.json_response(
+                {"error": 'send a JSON object: {"fault": "KIND[:VALUE][@N|%K]"} or null'},
+                status=400,
+            )
+        try:
+            self.set_fault(body["fault"])
+        except (TypeError, ValueError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        return await self._get_fault(request)
+
+    async def _delete_fault(self, request: web.Request) -> web.Response:
+        self.clear_fault()
+        return await self._get_fault(request)
 
     def _handshake_rejection(self) -> int | None:
         """The status to refuse a WebSocket handshake with, if any."""
@@ -331,6 +456,27 @@ class Emulator:
             self._changed.notify_all()
         return request
 
+    async def _refused_request(
+        self,
+        transport: Literal["http", "websocket"],
+        path: str,
+        refusal: str,
+        **fields: Any,
+    ) -> SynthesisRequest:
+        """Record a request the emulator refused on its own, as the real service would."""
+        request = SynthesisRequest(
+            ordinal=len(self._requests) + 1,
+            transport=transport,
+            path=path,
+            refusal=refusal,
+            **fields,
+        )
+        self._requests.append(request)
+        logger.debug(f"{self}: request {request.ordinal} refused: {refusal}")
+        async with self._changed:
+            self._changed.notify_all()
+        return request
+
     # -- keys and errors --------------------------------------------------
 
     def _presented_key(self, request: web.Request) -> str | None:
@@ -367,6 +513,12 @@ class Emulator:
             await _forever()
         await response.write_eof()
         return response
+
+    def _watch(self, timeout: float, on_expiry: Callable[[], Awaitable[None]], name: str):
+        """A started watchdog whose task the emulator owns."""
+        watchdog = _Watchdog(timeout, on_expiry)
+        watchdog.task = self._spawn(watchdog.run(), name)
+        return watchdog
 
     async def _chunks(
         self,
@@ -440,6 +592,8 @@ class WebSocketConnection:
         self._path = path
         self._contexts: dict[str, Any] = {}
         self._send_lock = asyncio.Lock()
+        self._watchdog: _Watchdog | None = None
+        self._closing_task: asyncio.Task | None = None
 
     async def send(self, message: dict):
         """Send one JSON message; raises ConnectionResetError once the socket is closed."""
@@ -448,14 +602,28 @@ class WebSocketConnection:
                 raise ConnectionResetError("websocket closed")
             await self._ws.send_str(json.dumps(message))
 
+    def close_soon(self, code: int, reason: str):
+        """Close the socket from a task of the emulator's (not the one reading it)."""
+        message = reason.encode()[:_MAX_CLOSE_REASON]
+        if self._closing_task is None:
+            self._closing_task = self._emu._spawn(
+                self._ws.close(code=code, message=message), f"close-{code}"
+            )
+
     async def close(self):
-        """Cancel every context's stream and wait for them."""
+        """Cancel every context's stream and the watchdog, and wait for them."""
+        if self._watchdog is not None and self._watchdog.task is not None:
+            self._watchdog.task.cancel()
         tasks = [c.task for c in self._contexts.values() if c.task and not c.task.done()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
         self._contexts.clear()
+        if self._closing_task is not None:
+            # Let the close frame go out with its code before the handler returns
+            # (aiohttp would otherwise close the socket with 1000 itself).
+            await asyncio.wait([self._closing_task], timeout=_CLOSE_TIMEOUT_S * 2)
 
     @staticmethod
     def parse(data: str) -> dict | None:
@@ -465,3 +633,17 @@ class WebSocketConnection:
         except ValueError:
             return None
         return message if isinstance(message, dict) else None
+
+
+def _check_count(name: str, value: int | None):
+    """A limit is None or an int >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+
+
+def _check_seconds(name: str, value: float | None):
+    """A timeout is None or a number of seconds > 0."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+    ):
+        raise ValueError(f"{name} must be a number of seconds > 0 or None, got {value!r}")

@@ -17,6 +17,9 @@ A fault is written ``KIND[:VALUE][@N | %K]``:
 ``slow-ttfb[:MS]``  hold the first audio back by MS ms (default 800)
 ``slow-drip[:X]``   stream X times slower than real time (default 3)
 ``flap``            alternate: odd requests healthy, even ones ``reject-503``
+``quota-exceeded``  the account is out of credits: ElevenLabs answers HTTP 401
+                    ``quota_exceeded`` (on a WebSocket: the error message and
+                    a 1008 close); Cartesia answers 402
 ==================  =========================================================
 
 ``@N`` applies the fault to the N-th request only, ``%K`` to every K-th
@@ -58,6 +61,7 @@ class FaultKind(StrEnum):
     SLOW_TTFB = "slow-ttfb"
     SLOW_DRIP = "slow-drip"
     FLAP = "flap"
+    QUOTA_EXCEEDED = "quota-exceeded"
 
     @property
     def reject_status(self) -> int | None:

@@ -59,7 +59,7 @@ def cartesia_ws(emu: CartesiaEmulator, **kwargs) -> CartesiaTTSService:
     return CartesiaTTSService(
         api_key=API_KEY,
         url=emu.websocket_url,
-        settings=CartesiaTTSService.Settings(voice="emulated-voice"),
+        settings=kwargs.pop("settings", CartesiaTTSService.Settings(voice="emulated-voice")),
         stop_frame_timeout_s=STOP_FRAME_TIMEOUT_S,
         **kwargs,
     )
@@ -70,7 +70,7 @@ def cartesia_http(emu: CartesiaEmulator, **kwargs) -> CartesiaHttpTTSService:
     return CartesiaHttpTTSService(
         api_key=API_KEY,
         base_url=emu.http_url,
-        settings=CartesiaHttpTTSService.Settings(voice="emulated-voice"),
+        settings=kwargs.pop("settings", CartesiaHttpTTSService.Settings(voice="emulated-voice")),
         stop_frame_timeout_s=STOP_FRAME_TIMEOUT_S,
         **kwargs,
     )
@@ -81,7 +81,7 @@ def elevenlabs_ws(emu: ElevenLabsEmulator, **kwargs) -> ElevenLabsTTSService:
     return ElevenLabsTTSService(
         api_key=API_KEY,
         url=emu.ws_url,
-        settings=ElevenLabsTTSService.Settings(voice="emulated-voice"),
+        settings=kwargs.pop("settings", ElevenLabsTTSService.Settings(voice="emulated-voice")),
         stop_frame_timeout_s=STOP_FRAME_TIMEOUT_S,
         **kwargs,
     )
@@ -95,7 +95,7 @@ def elevenlabs_http(
         api_key=API_KEY,
         base_url=emu.http_url,
         aiohttp_session=session,
-        settings=ElevenLabsHttpTTSService.Settings(voice="emulated-voice"),
+        settings=kwargs.pop("settings", ElevenLabsHttpTTSService.Settings(voice="emulated-voice")),
         stop_frame_timeout_s=STOP_FRAME_TIMEOUT_S,
         **kwargs,
     )
@@ -136,12 +136,13 @@ class Spoken:
         return self.count(TTSStartedFrame) >= 1 and self.count(TTSStoppedFrame) >= 1
 
 
-async def speak(service: TTSService, *texts: str, timeout: float = 20.0) -> Spoken:
+async def speak(service: TTSService, *texts: str | Frame, timeout: float = 20.0) -> Spoken:
     """Speak ``texts`` (one ``TTSSpeakFrame`` each) through ``service`` in a real pipeline.
 
     Args:
         service: The TTS service under test.
-        *texts: Sentences to speak.
+        *texts: Sentences to speak; a frame (a ``SleepFrame`` between two
+            sentences, say) is sent as it is.
         timeout: Seconds the whole run may take.
 
     Returns:
@@ -150,7 +151,7 @@ async def speak(service: TTSService, *texts: str, timeout: float = 20.0) -> Spok
     async with asyncio.timeout(timeout):
         down, up = await run_test(
             service,
-            frames_to_send=[TTSSpeakFrame(text) for text in texts],
+            frames_to_send=[t if isinstance(t, Frame) else TTSSpeakFrame(t) for t in texts],
             pipeline_params=PipelineParams(audio_out_sample_rate=SAMPLE_RATE),
         )
     return Spoken(down, up)
