@@ -12,24 +12,36 @@ Bad configuration raises the built-in ``ValueError`` or ``TypeError`` at
 construction, naming the argument.
 """
 
+from collections.abc import Mapping
+
 
 class FailoverError(Exception):
     """Base class for errors of pipecat-tts-failover."""
 
 
 class AllProvidersFailedError(FailoverError):
-    """Every provider failed to speak one sentence.
+    """Every provider failed to speak what the caller was owed.
 
     Args:
-        text: The sentence that went unspoken.
+        text: The text that went unspoken.
         failures: ``(provider_id, reason)`` pairs, in the order they were tried.
+        errors: Each provider's own error message, where it sent one.
     """
 
-    def __init__(self, text: str, failures: list[tuple[str, str]]):
+    def __init__(
+        self,
+        text: str,
+        failures: list[tuple[str, str]],
+        errors: Mapping[str, str | None] | None = None,
+    ):
         self.text = text
         self.failures = failures
-        tried = ", ".join(f"{pid} ({reason})" for pid, reason in failures)
-        super().__init__(f"every TTS provider failed the sentence: {tried}")
+        self.errors = dict(errors or {})
+        tried = "; ".join(
+            f"{pid} ({reason}: {self.errors[pid]})" if self.errors.get(pid) else f"{pid} ({reason})"
+            for pid, reason in failures
+        )
+        super().__init__(f"every TTS provider failed: {tried}")
 
 
 class HealthStoreError(FailoverError):

@@ -1,50 +1,40 @@
-"""One provider's TTS service, run in a pipeline of its own, wired to the sentence attempts."""
+"""One provider's TTS service, run in a pipeline of its own, wired to the relay."""
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from loguru import logger
 from pipecat.frames.frames import (
-    AggregatedTextFrame,
-    AggregatedTextProgressFrame,
     CancelFrame,
     EndFrame,
-    ErrorFrame,
     Frame,
     InterruptionFrame,
-    LLMAssistantPushAggregationFrame,
     StartFrame,
-    TTSAudioRawFrame,
-    TTSSpeakFrame,
-    TTSStartedFrame,
-    TTSStoppedFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.pipeline.pipeline import Pipeline, PipelineSink, PipelineSource
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService
 
-from pipecat_tts_failover.attempt import Attempt
 from pipecat_tts_failover.latency import ProviderStats
 
-# What a TTS service pushes downstream while it speaks: these belong to the
-# attempt in flight, or to nobody.
-SPEECH_FRAMES = (
-    AggregatedTextFrame,  # includes TTSTextFrame
-    AggregatedTextProgressFrame,
-    TTSStartedFrame,
-    TTSAudioRawFrame,
-    TTSStoppedFrame,
-    LLMAssistantPushAggregationFrame,
-)
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
-# How many abandoned context ids a link remembers, to drop late frames of them.
-_ABANDONED_CONTEXTS_KEPT = 64
 # Share of a service's own stop-frame timeout a stall deadline may use.
 _STOP_TIMER_SHARE = 0.8
 
-PassOn = Callable[[Frame, FrameDirection], Awaitable[None]]
+
+class LinkListener(Protocol):
+    """Where a link hands what its service does."""
+
+    def request(self, link: "ProviderLink", context_id: str | None) -> None:
+        """The service sent a request to its provider."""
+
+    async def output(self, link: "ProviderLink", frame: Frame) -> None:
+        """The service pushed a frame downstream."""
+
+    async def upstream(self, link: "ProviderLink", frame: Frame, direction: FrameDirection) -> None:
+        """The service pushed a frame upstream."""
 
 
 class _ServiceOutput(PipelineSink):
@@ -105,102 +95,70 @@ def _stall_limit(service: TTSService) -> float | None:
 
 
 class ProviderLink:
-    """A provider's service in its own pipeline, speaking one sentence at a time.
+    """A provider's service in its own pipeline, wired to a listener.
 
-    Frames the service pushes while an attempt is open go to that attempt's
-    inbox; once the attempt is abandoned the service is interrupted and
-    everything it pushes up to that interruption is dropped, so nothing of an
-    abandoned attempt reaches the caller. A sentence that was spoken but not
-    ended cleanly by the service (every word heard, then no end message, or
-    an error) is interrupted the same way before the next sentence, so what
-    the service still holds of it never holds up or reaches a later attempt.
-    Frames unrelated to speech (metrics, for instance) are passed on.
+    Frames are handed to the service as they come; what it pushes goes to the
+    listener. After :meth:`interrupt`, what the service pushes up to that
+    interruption coming out of it is dropped, so nothing of abandoned speech
+    reaches the listener.
 
     Args:
         provider_id: The normalized provider id.
         service: The provider's pipecat TTS service.
-        pass_on: Called with frames that are not speech, to pass them on.
-        stats: What the process has learned of the provider (its speech rate is
-            read and kept here).
+        stats: What the process has learned of the provider (its speech rate).
     """
 
-    def __init__(
-        self, provider_id: str, service: TTSService, pass_on: PassOn, stats: ProviderStats
-    ):
+    def __init__(self, provider_id: str, service: TTSService, stats: ProviderStats):
         self.provider_id = provider_id
         self.service = service
-        self._pass_on = pass_on
+        self.stats = stats
+        self.listener: LinkListener | None = None
         self.pipeline = Pipeline(
             [service],
             source=PipelineSource(self._from_service_upstream, name=f"{service}::FailoverSource"),
             sink=_ServiceOutput(self._from_service_downstream, name=f"{service}::FailoverSink"),
         )
-        self._attempt: Attempt | None = None
-        # Id of the interruption sent to abandon an attempt: until it comes out
-        # of the service, what the service pushes belongs to the abandoned one.
+        # Services without word timestamps push a sentence's text after its audio.
+        self.word_timestamps = not getattr(service, "_push_text_frames", False)
+        self.stall_limit = _stall_limit(service)
+        # Whether the StartFrame, and an EndFrame or CancelFrame, have been sent to the service.
+        self.started = False
+        self.ended = False
+        # Id of the interruption sent to drop what the service still pushes.
         self._draining: int | None = None
         self._lifecycle: dict[int, asyncio.Event] = {}
-        # Context ids of the open attempt, and of abandoned ones: a service that
-        # keeps pushing for a context after it was interrupted is not heard.
-        self._attempt_contexts: set[str] = set()
-        # (a dict as an insertion-ordered set: looked up for every frame, trimmed to the newest)
-        self._abandoned_contexts: dict[str, None] = {}
-        # The last attempt was closed before the service ended its sentence.
-        self._unfinished = False
-        self._stall_limit = _stall_limit(service)
-        self._stats = stats
+        service.add_event_handler("on_tts_request", self._on_tts_request)
 
     @property
     def is_usable(self) -> bool:
         """Whether the service can still be given work."""
         return self.service.is_usable
 
-    async def speak(self, text: str, attempt: Attempt, *, append_to_context: bool):
-        """Send one sentence to the service; what it pushes for it goes to ``attempt``.
+    async def _on_tts_request(self, service: TTSService, context_id: str, text: str):
+        if self.listener is not None:
+            self.listener.request(self, context_id)
 
-        Args:
-            text: The text to speak.
-            attempt: Watches this sentence on this provider.
-            append_to_context: Carried on the text frames the service pushes.
-        """
-        if self._unfinished:
-            self._unfinished = False
-            await self._interrupt()
-        attempt.expect(text, self._stats.speech_rate)
-        attempt.limit_stall(self._stall_limit)
-        self._attempt = attempt
-        await self.pipeline.queue_frame(TTSSpeakFrame(text, append_to_context=append_to_context))
+    async def send(self, frame: Frame):
+        """Hand a frame to the service."""
+        await self.pipeline.queue_frame(frame)
 
-    def close_attempt(self):
-        """Close the open attempt once it was spoken."""
-        attempt, self._attempt = self._attempt, None
-        # Nothing more of its contexts belongs to anyone.
-        self._retire_contexts()
-        if attempt is not None and attempt.speech_rate:
-            # For the next sentence's first word, here and in the process's other calls.
-            self._stats.speech_rate = attempt.speech_rate
-        if attempt is not None and not attempt.service_done:
-            self._unfinished = True
+    async def interrupt(self, frame: InterruptionFrame):
+        """Interrupt the service; drop what it pushes until the interruption comes out."""
+        self._draining = frame.id
+        await self.pipeline.queue_frame(frame)
 
     async def abandon(self):
-        """Abandon the open attempt: interrupt the service and drop what is left of it."""
-        self._attempt = None
-        self._retire_contexts()
-        self._unfinished = False
-        await self._interrupt()
+        """Drop what the service is speaking; nothing more of it reaches the listener.
 
-    def _retire_contexts(self):
-        for context_id in self._attempt_contexts:
-            self._abandoned_contexts[context_id] = None
-        self._attempt_contexts.clear()
-        while len(self._abandoned_contexts) > _ABANDONED_CONTEXTS_KEPT:
-            del self._abandoned_contexts[next(iter(self._abandoned_contexts))]
-
-    async def _interrupt(self):
-        """Interrupt the service; drop what it pushes until the interruption comes out."""
-        interruption = InterruptionFrame()
-        self._draining = interruption.id
-        await self.pipeline.queue_frame(interruption)
+        A service already ending the call is cancelled instead of interrupted:
+        a pipecat TTS service interrupted while it handles its EndFrame never
+        finishes it.
+        """
+        if self.ended:
+            self._draining = -1
+            await self.send_lifecycle(CancelFrame(), timeout=None)
+        else:
+            await self.interrupt(InterruptionFrame())
 
     async def send_lifecycle(self, frame: Frame, timeout: float | None) -> bool:
         """Send a StartFrame/EndFrame/CancelFrame through the service and wait for it to come out.
@@ -212,6 +170,10 @@ class ProviderLink:
         Returns:
             True if the frame came out in time (or no wait was asked for).
         """
+        if isinstance(frame, StartFrame):
+            self.started = True
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            self.ended = True
         done = asyncio.Event()
         self._lifecycle[frame.id] = done
         await self.pipeline.queue_frame(frame)
@@ -238,29 +200,13 @@ class ProviderLink:
             if frame.id == self._draining:
                 self._draining = None
             return
-        if isinstance(frame, SPEECH_FRAMES):
-            context_id = getattr(frame, "context_id", None)
-            attempt = self._attempt
-            if (
-                attempt is not None
-                and self._draining is None
-                and context_id not in self._abandoned_contexts
-            ):
-                if context_id:
-                    self._attempt_contexts.add(context_id)
-                await attempt.on_frame(frame)
-            else:
-                logger.trace(f"{self.service}: dropping {frame} of an abandoned attempt")
+        if self._draining is not None or self.listener is None:
+            logger.trace(f"{self.service}: dropping {frame} of interrupted speech")
             return
-        await self._pass_on(frame, direction)
+        await self.listener.output(self, frame)
 
     async def _from_service_upstream(self, frame: Frame, direction: FrameDirection):
-        if isinstance(frame, ErrorFrame):
-            if self._attempt is not None and self._draining is None:
-                await self._attempt.on_frame(frame)
-            else:
-                # An idle provider's trouble (a dropped keepalive socket, say) is
-                # not the caller's: the policy hears of it when it next speaks.
-                logger.debug(f"{self.service}: error while idle: {frame.error}")
+        if self._draining is not None or self.listener is None:
+            logger.trace(f"{self.service}: dropping {frame} pushed upstream while interrupted")
             return
-        await self._pass_on(frame, direction)
+        await self.listener.upstream(self, frame, direction)

@@ -3,47 +3,28 @@
 import asyncio
 import random
 import time
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from loguru import logger
 from pipecat.frames.frames import (
-    AggregatedTextFrame,
-    AggregatedTextProgressFrame,
     CancelFrame,
-    EagerTranscriptionFrame,
     EndFrame,
     Frame,
-    InterimTranscriptionFrame,
     InterruptionFrame,
-    LLMAssistantPushAggregationFrame,
-    LLMFullResponseEndFrame,
-    LLMFullResponseStartFrame,
-    ServiceMetadataFrame,
     StartFrame,
-    TextFrame,
-    TranscriptionFrame,
-    TTSAudioRawFrame,
-    TTSSpeakFrame,
-    TTSStartedFrame,
-    TTSStoppedFrame,
-    TTSTextFrame,
     TTSUpdateSettingsFrame,
 )
 from pipecat.pipeline.base_pipeline import BasePipeline
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.errors import ErrorCategory
-from pipecat.utils.text.base_text_aggregator import TextType
-from pipecat.utils.text.simple_text_aggregator import SimpleTextAggregator
 
-from pipecat_tts_failover.attempt import Deadlines
 from pipecat_tts_failover.config import (
     DEFAULT_COOLDOWN,
     DEFAULT_FIRST_AUDIO_TIMEOUT,
     DEFAULT_SILENCE_FLOOR,
     DEFAULT_STALL_TIMEOUT,
+    check_probe_backoff,
     non_negative,
     positive_int,
     positive_seconds,
@@ -64,43 +45,38 @@ from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink, provider_setup
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
-from pipecat_tts_failover.resampling import SentenceResampler
-from pipecat_tts_failover.sentence import SentenceRun
+from pipecat_tts_failover.relay import Relay, RelayHooks, SentenceReport
 from pipecat_tts_failover.speed import SpeedTracker
 from pipecat_tts_failover.store.base import Controls, HealthStore
 from pipecat_tts_failover.store.memory import default_store
 from pipecat_tts_failover.store.writer import StoreWriter
+from pipecat_tts_failover.watch import Deadlines
 
-# Text that is not for the bot to say.
-_NOT_SPOKEN = (TranscriptionFrame, InterimTranscriptionFrame, EagerTranscriptionFrame, TTSTextFrame)
 # How long a call's start may wait on the store before it assumes every provider is healthy.
 _STORE_READ_TIMEOUT = 0.25
 # How long the end of a call waits for each provider's service to stop.
 _SERVICE_STOP_TIMEOUT = 5.0
-
-
-@dataclass
-class _Turn:
-    """One stretch of speech downstream sees as a whole: an LLM reply or a TTSSpeakFrame."""
-
-    context_id: str
-    append_to_context: bool
-    started: bool = False
+# How long the end of a call waits for what is owed to be spoken, failovers included.
+_END_OF_CALL_TIMEOUT = 60.0
+# How long a backup on cold standby may take to connect when it is needed.
+_COLD_START_TIMEOUT = 5.0
+_STANDBY_MODES = ("warm", "cold")
 
 
 class FailoverTTSService(BasePipeline):
     """A TTS service made of several providers that keeps speaking when one fails.
 
-    Goes in the pipeline where a TTS service goes. It aggregates text into
-    sentences as pipecat's TTS services do, hands each sentence to one of its
-    providers' services (each runs in a pipeline of its own, as a normal
-    pipecat service) and watches it: an error, an exception, no audio within
-    ``first_audio_timeout``, a gap longer than ``stall_timeout``, no audio at
-    all, or only digital silence fails the sentence on that provider, and the
-    sentence is spoken again on the next one, from the first word not yet
-    heard where the provider reports word timestamps. Downstream sees one
-    stream: one ``TTSStartedFrame``/``TTSStoppedFrame`` pair per reply, audio
-    and words only from attempts that were kept.
+    Goes in the pipeline where a TTS service goes. Each provider's service runs
+    in a pipeline of its own, as a normal pipecat service; the call's frames
+    go to the speaking provider's service as they come, and what it pushes
+    goes on as it pushed it, so on a healthy call the stream downstream is the
+    service's own (its text aggregation, skipped text, transforms, token
+    streaming, word timestamps and errors). The processor watches it: an
+    error, an exception, no audio within ``first_audio_timeout`` of a request,
+    a gap longer than ``stall_timeout`` while speech is owed, no audio at all,
+    or only digital silence fails the provider, and what the caller has not
+    heard yet is handed to the next provider's service, from the first word not
+    heard where the provider reports word timestamps, inside the same reply.
 
     After ``failure_threshold`` consecutive failed sentences a provider is
     marked down in the health store for ``cooldown`` seconds; if it was the
@@ -157,6 +133,7 @@ class FailoverTTSService(BasePipeline):
         hedge_budget: float = 0.05,
         slow_threshold: float | None = None,
         prefer_faster: bool = False,
+        standby: str = "warm",
         name: str | None = None,
     ):
         """Initialize the failover service.
@@ -215,6 +192,14 @@ class FailoverTTSService(BasePipeline):
                 metric, one log line). It is not marked down for it.
             prefer_faster: Start new calls on a faster provider while the
                 preferred one is reported slow.
+            standby: How the providers the call is not speaking with wait:
+                ``"warm"`` starts every provider's service with the call (a
+                WebSocket service connects, and holds a session, for the whole
+                call), so a failover speaks without connecting first;
+                ``"cold"`` starts a provider's service only when the call first
+                needs it, so a call holds one session, and a failover to a
+                WebSocket provider pays for its connection. See the
+                configuration docs for the measured trade-off.
             name: Name of this processor in logs.
 
         Raises:
@@ -240,6 +225,11 @@ class FailoverTTSService(BasePipeline):
             raise TypeError(
                 f"adaptive_timeout must be an AdaptiveTimeout, not {type(adaptive_timeout).__name__}"
             )
+        if adaptive_timeout is not None and adaptive is None:
+            raise ValueError(
+                'adaptive_timeout is used only with first_audio_timeout="adaptive"; '
+                f"got first_audio_timeout={first_audio_timeout!r}"
+            )
         self._deadlines = Deadlines(
             first_audio=fixed_first_audio,
             stall=positive_seconds("stall_timeout", stall_timeout),
@@ -255,7 +245,12 @@ class FailoverTTSService(BasePipeline):
         slow_after = (
             None if slow_threshold is None else positive_seconds("slow_threshold", slow_threshold)
         )
-        self._prefer_faster = bool(prefer_faster)
+        if not isinstance(prefer_faster, bool):
+            raise TypeError(f"prefer_faster must be True or False, got {prefer_faster!r}")
+        self._prefer_faster = prefer_faster
+        if standby not in _STANDBY_MODES:
+            raise ValueError(f'standby must be "warm" or "cold", got {standby!r}')
+        self._cold_standby = standby == "cold"
         self._failure_threshold = positive_int("failure_threshold", failure_threshold)
         self._cooldown = positive_seconds("cooldown", cooldown)
         if store is not None and not isinstance(store, HealthStore):
@@ -283,8 +278,15 @@ class FailoverTTSService(BasePipeline):
         unknown = set(self._probes) - set(resolved)
         if unknown:
             raise ValueError(f"probes names unknown providers: {', '.join(sorted(unknown))}")
-        self._probe_backoff = positive_seconds("probe_backoff", probe_backoff)
-        self._probe_backoff_max = positive_seconds("probe_backoff_max", probe_backoff_max)
+        for pid, probe in self._probes.items():
+            if not callable(probe):
+                raise TypeError(
+                    f"probes[{pid!r}] must be a probe (CartesiaProbe, ElevenLabsProbe, "
+                    f"ServiceProbe or an async generator function), not {type(probe).__name__}"
+                )
+        self._probe_backoff, self._probe_backoff_max = check_probe_backoff(
+            probe_backoff, probe_backoff_max
+        )
         self._recovery: Recovery | None = None
         self._store_down: set[str] = set()
         listeners = [*alerters, *([metrics] if metrics is not None else [])]
@@ -297,17 +299,35 @@ class FailoverTTSService(BasePipeline):
         self._listeners: list[FailoverListener] = listeners
 
         self._links = {
-            pid: ProviderLink(pid, service, self._pass_on, self._speed.stats(pid))
+            pid: ProviderLink(pid, service, self._speed.stats(pid))
             for pid, service in resolved.items()
         }
-        self._text_aggregator = SimpleTextAggregator()
+        for link in self._links.values():
+            _claim(link.service, self)
         self._writer = StoreWriter(str(self))
         self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
-        self._turn: _Turn | None = None
-        self._llm_turn: _Turn | None = None
-        self._run: SentenceRun | None = None
-        self._out_sample_rate = 0
-        self._last_pts = 0
+        self._relay = Relay(
+            self._links,
+            RelayHooks(
+                push=self.push_frame,
+                push_upstream=lambda frame: self.push_frame(frame, FrameDirection.UPSTREAM),
+                order=self._order_for_speech,
+                deadlines=self._speed.deadlines,
+                start_link=self._start_link,
+                spawn=lambda coro, name: self.create_task(coro, name=name),
+                cancel=self.cancel_task,
+                on_failed=lambda p, r: self._call_event_handler("on_sentence_failed", p, r),
+                on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
+                on_report=self._on_report,
+                on_all_failed=self._all_failed,
+                hedge_delay=self._speed.hedge_delay,
+                hedge_allowed=self._speed.hedge_allowed,
+            ),
+            str(self),
+        )
+        for link in self._links.values():
+            link.listener = self._relay
+        self._start_frame: StartFrame | None = None
 
         self._register_event_handler("on_failover")
         self._register_event_handler("on_sentence_failed")
@@ -354,7 +374,6 @@ class FailoverTTSService(BasePipeline):
     async def setup(self, setup: FrameProcessorSetup):
         """Set up this processor and every provider's pipeline."""
         await super().setup(setup)
-        self._out_sample_rate = setup.audio_out_sample_rate
         self._setup_finished()
         await self._setup_processors(self.processors, provider_setup(setup))
 
@@ -369,7 +388,7 @@ class FailoverTTSService(BasePipeline):
     #
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
-        """Route a frame: speak text, keep lifecycle in step with the providers, pass the rest.
+        """Route a frame: the call's frames to the speaking provider, lifecycle to every one.
 
         Args:
             frame: The frame to process.
@@ -383,36 +402,18 @@ class FailoverTTSService(BasePipeline):
         elif isinstance(frame, CancelFrame):
             await self._cancel(frame)
             await self.push_frame(frame, direction)
-        elif isinstance(frame, InterruptionFrame):
-            await self._interrupt(frame)
-            await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
-            await self._speak_pending_text()
-            await self._end_turn()
             await self._stop(frame)
             await self.push_frame(frame, direction)
-        elif direction == FrameDirection.UPSTREAM or getattr(frame, "skip_tts", False):
+        elif direction == FrameDirection.UPSTREAM:
             await self.push_frame(frame, direction)
-        elif isinstance(frame, LLMFullResponseStartFrame):
-            await self._end_turn()
-            self._llm_turn = self._turn = _Turn(str(uuid.uuid4()), append_to_context=True)
+        elif isinstance(frame, InterruptionFrame):
+            await self._relay.interrupt(frame)
             await self.push_frame(frame, direction)
-        elif isinstance(frame, LLMFullResponseEndFrame):
-            await self._speak_pending_text()
-            await self._end_turn()
-            self._llm_turn = None
-            await self.push_frame(frame, direction)
-        elif isinstance(frame, TTSSpeakFrame):
-            await self._speak_tts_speak_frame(frame)
-        elif isinstance(frame, AggregatedTextFrame) and not isinstance(frame, TTSTextFrame):
-            await self._speak(frame.text, frame.text_type)
-        elif isinstance(frame, TextFrame) and not isinstance(frame, _NOT_SPOKEN):
-            async for aggregate in self._text_aggregator.aggregate(frame.text):
-                await self._speak(aggregate.text, aggregate.type)
         elif isinstance(frame, TTSUpdateSettingsFrame):
             await self._route_settings(frame, direction)
         else:
-            await self.push_frame(frame, direction)
+            await self._relay.send(frame)
 
     async def _start(self, frame: StartFrame):
         ids = self.provider_ids
@@ -452,8 +453,11 @@ class FailoverTTSService(BasePipeline):
                 f"{self}: call starts on {self._policy.call_provider}; "
                 f"marked down: {', '.join(sorted(self._policy.down))}"
             )
+        self._start_frame = frame
+        call_link = self._links[self._policy.call_provider]
         for link in self._links.values():
-            await link.send_lifecycle(frame, timeout=None)
+            if link is call_link or not self._cold_standby:
+                await link.send_lifecycle(frame, timeout=None)
 
     def _prefer_faster_provider(self):
         """Start the call on a faster provider while its own is reported slow."""
@@ -475,28 +479,42 @@ class FailoverTTSService(BasePipeline):
             logger.warning(f"{self}: operator controls unreadable ({e!r}); using defaults")
             return Controls()
 
+    async def _start_link(self, link: ProviderLink) -> bool:
+        """Start a provider's service the call has not started yet (cold standby)."""
+        if link.started or self._start_frame is None:
+            return True
+        logger.info(f"{self}: starting {link.provider_id} (cold standby)")
+        return await link.send_lifecycle(self._start_frame, _COLD_START_TIMEOUT)
+
+    def _order_for_speech(self) -> list[str]:
+        """The providers to try for what comes next, the call's provider first."""
+        unusable = [pid for pid, link in self._links.items() if not link.is_usable]
+        return self._policy.order_for_sentence(unusable)
+
     async def _stop(self, frame: EndFrame):
+        await self._relay.finish(frame, _END_OF_CALL_TIMEOUT)
         self._speed.share(self._writer)
         await self._writer.drain(timeout=2.0)
+        # A fresh EndFrame each: an interrupted service may have dropped the call's own.
         await asyncio.gather(
-            *(link.send_lifecycle(frame, _SERVICE_STOP_TIMEOUT) for link in self._links.values())
+            *(
+                link.send_lifecycle(EndFrame(), _SERVICE_STOP_TIMEOUT)
+                for link in self._links.values()
+                if link.started and not link.ended
+            )
         )
         await self._writer.stop()
 
     async def _cancel(self, frame: CancelFrame):
-        run, self._run = self._run, None
-        if run is not None:
-            await run.cancel()
-        await asyncio.gather(*(link.send_lifecycle(frame, 1.0) for link in self._links.values()))
+        await self._relay.cancel()
+        await asyncio.gather(
+            *(
+                link.send_lifecycle(frame, 1.0)
+                for link in self._links.values()
+                if link.started and not link.ended
+            )
+        )
         await self._writer.stop()
-
-    async def _interrupt(self, frame: InterruptionFrame):
-        """Drop the sentence being spoken and whatever text was waiting."""
-        run, self._run = self._run, None
-        if run is not None:
-            await run.cancel()
-        await self._text_aggregator.handle_interruption()
-        self._turn = self._llm_turn = None
 
     async def _route_settings(self, frame: TTSUpdateSettingsFrame, direction: FrameDirection):
         """Hand a settings update to the provider it names, or to the call's provider."""
@@ -509,100 +527,31 @@ class FailoverTTSService(BasePipeline):
         elif frame.reach_inactive_services:
             targets = links
         else:
-            targets = [self._links[self._policy.call_provider]]
+            targets = [self._links[self._relay.speaker_id or self._policy.call_provider]]
         for link in targets:
             await link.pipeline.queue_frame(frame, direction)
 
-    async def _pass_on(self, frame: Frame, direction: FrameDirection):
-        """Pass on what a provider's service pushes that is not speech."""
-        if isinstance(frame, ServiceMetadataFrame):
-            call_service = self._links[self._policy.call_provider].service
-            if frame.service_name != call_service.name:
-                return
-        await self.push_frame(frame, direction)
-
     #
-    # Speaking
+    # What the relay reports
     #
 
-    async def _speak_pending_text(self):
-        remaining = await self._text_aggregator.flush()
-        if remaining and remaining.text.strip():
-            await self._speak(remaining.text, remaining.type)
-
-    async def _speak_tts_speak_frame(self, frame: TTSSpeakFrame):
-        """Speak a TTSSpeakFrame as a turn of its own, even inside an LLM reply."""
-        outer = self._turn
-        self._turn = _Turn(str(uuid.uuid4()), append_to_context=frame.append_to_context)
-        await self._speak(frame.text, frame.text_type)
-        await self._end_turn(push_aggregation=frame.append_to_context and self._llm_turn is None)
-        self._turn = outer
-
-    async def _end_turn(self, *, push_aggregation: bool = False):
-        turn, self._turn = self._turn, None
-        if turn is None or not turn.started:
-            return
-        await self.push_frame(TTSStoppedFrame(context_id=turn.context_id))
-        if push_aggregation:
-            await self.push_frame(LLMAssistantPushAggregationFrame())
-
-    async def _speak(self, text: str, text_type: TextType | str):
-        """Speak one sentence, moving to the next provider until one speaks it."""
-        text = text.strip()
-        if not text:
-            return
-        turn = self._turn
-        standalone = turn is None
-        if standalone:
-            turn = self._turn = _Turn(str(uuid.uuid4()), append_to_context=True)
-        assert turn is not None
-        announcement = await self._announce(text, text_type, turn)
-        if not turn.started:
-            # As pipecat's services do: the turn's started frame goes out with
-            # its first request, ahead of any audio.
-            turn.started = True
-            started = TTSStartedFrame(context_id=turn.context_id)
-            started.append_to_context = turn.append_to_context
-            await self.push_frame(started)
-
-        if self._return_immediately:
-            await self._return_if_recovered()
-        unusable = [pid for pid, link in self._links.items() if not link.is_usable]
-        order = self._policy.order_for_sentence(unusable)
-        resampler = SentenceResampler(self._out_sample_rate)
-        run = SentenceRun(
-            links=self._links,
-            order=order,
-            text=text,
-            deadlines=self._speed.deadlines,
-            forward=lambda frame: self._forward(frame, turn, announcement, resampler),
-            append_to_context=turn.append_to_context,
-            hedge_after=self._speed.hedge_delay(order[0]) if order else None,
-            hedge_allowed=self._speed.hedge_allowed,
-            on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
-            on_failed=lambda p, r: self._call_event_handler("on_sentence_failed", p, r),
-            name=str(self),
-        )
-        self._run = run
-        report = await run.run()
-        self._run = None
-        if report.spoken_by is not None and (tail := await resampler.flush()):
-            await self._forward(tail, turn, announcement, resampler)
-
-        for pid, result in report.attempts:
-            self._notify(SentenceAttempted(pid, result.reason))
+    async def _on_report(self, report: SentenceReport):
+        """Record how a span of speech went: events, learning, the policy and the store."""
+        for pid, reason in report.failures:
+            self._notify(SentenceAttempted(pid, reason))
+        if report.spoken_by is not None:
+            for _ in range(max(1, report.sentences)):
+                self._notify(SentenceAttempted(report.spoken_by, None))
         for from_id, to_id, reason in report.hops:
             gap = report.first_audio_delay if to_id == report.spoken_by else None
             self._notify(FailedOver(from_id, to_id, reason, gap))
-        for pid, p95 in self._speed.learn(order, report):
+        for pid, p95 in self._speed.learn(list(self._links), report):
             logger.warning(f"{self}: {pid} is slow: p95 first audio {p95:.3f}s")
             self._notify(ProviderSlow(pid, p95))
             await self._call_event_handler("on_provider_slow", pid, p95)
         self._settle(report.failures, report.errors, report.spoken_by)
-        if report.spoken_by is None:
-            await self._all_failed(text, report.failures, unusable)
-        if standalone:
-            await self._end_turn()
+        if self._return_immediately:
+            await self._return_if_recovered()
 
     async def _return_if_recovered(self):
         """Move the call back to a preferred provider that recovered (``return_to_primary="immediately"``)."""
@@ -613,37 +562,6 @@ class FailoverTTSService(BasePipeline):
             return
         if moved := self._policy.refresh(health):
             logger.info(f"{self}: {moved[1]} recovered; call moves back from {moved[0]}")
-
-    async def _announce(
-        self, text: str, text_type: TextType | str, turn: _Turn
-    ) -> AggregatedTextFrame:
-        """Tell downstream a sentence is about to be spoken, as pipecat's TTS services do."""
-        frame = AggregatedTextFrame(text, text_type)
-        frame.context_id = turn.context_id
-        frame.will_be_spoken = True
-        frame.append_to_context = False
-        frame.pts = max(self._last_pts, self.get_clock().get_time())
-        await self.push_frame(frame)
-        return frame
-
-    async def _forward(
-        self,
-        frame: Frame,
-        turn: _Turn,
-        announcement: AggregatedTextFrame,
-        resampler: SentenceResampler,
-    ):
-        """Push what the caller hears as one stream: one context id, at the pipeline's rate."""
-        if isinstance(frame, TTSAudioRawFrame):
-            frame = await resampler.resample(frame)
-            if not frame.audio:
-                return
-        if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
-            frame.segment_id = announcement.id
-        frame.context_id = turn.context_id
-        if frame.pts:
-            self._last_pts = max(self._last_pts, frame.pts)
-        await self.push_frame(frame)
 
     def _settle(
         self,
@@ -698,11 +616,23 @@ class FailoverTTSService(BasePipeline):
             except Exception as e:  # noqa: BLE001 - a listener must never break the audio path
                 logger.warning(f"{self}: {type(listener).__name__} failed on {event}: {e}")
 
-    async def _all_failed(self, text: str, failures, unusable: list[str]):
-        tried = [(pid, str(reason)) for pid, reason in failures]
-        tried += [(pid, str(FailureReason.UNUSABLE)) for pid in unusable]
-        error = AllProvidersFailedError(text, tried)
+    async def _all_failed(self, text: str, report: SentenceReport):
+        """Every provider failed: tell the pipeline, with each provider's own error."""
+        error = AllProvidersFailedError(
+            text, [(pid, str(reason)) for pid, reason in report.failures], report.errors
+        )
         logger.error(f"{self}: {error}")
-        logger.debug(f"{self}: unspoken sentence [{text}]")
+        logger.debug(f"{self}: unspoken text [{text}]")
         await self._call_event_handler("on_all_providers_failed", text)
         await self.push_error(str(error), exception=error, category=ErrorCategory.SERVER)
+
+
+def _claim(service: TTSService, owner: FailoverTTSService):
+    """Mark a service as held by one FailoverTTSService: one service cannot serve two."""
+    held_by = getattr(service, "_pipecat_tts_failover_owner", None)
+    if held_by is not None and held_by is not owner:
+        raise ValueError(
+            f"services: {service} is already held by {held_by}; "
+            "give each FailoverTTSService services of its own"
+        )
+    service._pipecat_tts_failover_owner = owner

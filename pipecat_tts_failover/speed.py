@@ -9,15 +9,18 @@ learns from every other.
 
 import asyncio
 import dataclasses
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from pipecat_tts_failover.attempt import Deadlines
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.latency import AdaptiveTimeout, HedgeBudget, ProviderStats, stats_for
-from pipecat_tts_failover.sentence import SentenceReport
 from pipecat_tts_failover.store.base import HealthStore, LatencySharing
 from pipecat_tts_failover.store.writer import StoreWriter
+from pipecat_tts_failover.watch import Deadlines
+
+if TYPE_CHECKING:
+    from pipecat_tts_failover.relay import SentenceReport
 
 # How much longer than its first-audio deadline the last provider left to try is waited for.
 LAST_RESORT_FACTOR = 2.0
@@ -107,7 +110,7 @@ class SpeedTracker:
         """Whether the provider is currently reported slow."""
         return self.stats(provider_id).reported_slow
 
-    def learn(self, order: list[str], report: SentenceReport) -> list[tuple[str, float]]:
+    def learn(self, order: list[str], report: "SentenceReport") -> list[tuple[str, float]]:
         """Feed one sentence's latencies to the stats.
 
         Args:

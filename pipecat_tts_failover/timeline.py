@@ -60,6 +60,13 @@ class WordTimeline:
         """Index of the word last started, if any did."""
         return None if self._current is None else self._current[0]
 
+    def past_current(self, margin: float) -> bool:
+        """Whether the audio received runs ``margin`` seconds past the expected end of the word last started."""
+        if self._current is None:
+            return False
+        index, start, _ = self._current
+        return self.received >= start + self._length(index) * self._rate + margin
+
     @property
     def current_said(self) -> bool:
         """Whether the word last started has been heard for most of its expected length."""

@@ -492,17 +492,6 @@ async def test_real_service_audio_keeps_its_own_sample_rate(kind):
     assert_same_frames(runs.bare, runs.wrapped)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "upstream: bare pushes ErrorFrame(category=CONNECTIVITY, error='ElevenLabsTTSService#n "
-        "reconnection attempt 1 failed: ElevenLabsTTSService#n websocket reconnection failed "
-        "verification') at the start of the call; wrapped pushes no ErrorFrame: Relay.upstream "
-        "drops it ('error of a provider not speaking') because no speaker is selected and no "
-        "watch exists before the call's first frame, so its 'nothing owed' pass-through is "
-        "never reached"
-    ),
-)
 async def test_provider_startup_error_reaches_the_pipeline_as_the_bare_services():
     """A service that cannot connect reports it at the start of the call, nothing owed yet.
 

@@ -1,7 +1,7 @@
 """Adaptive first-audio deadlines and hedged requests, in real pipelines with scripted latencies."""
 
 import pytest
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
 from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
 from pipecat_tts_failover.events import ProviderSlow
@@ -35,9 +35,11 @@ def services(primary_ttfb, backup_ttfb=0.0, primary_faults=None):
 
 
 async def speak(tts, count: int):
+    """Say the sentence ``count`` times, each once the one before was spoken (turns of a call)."""
     async with PipelineHarness(tts) as h:
-        for _ in range(count):
+        for i in range(count):
             await h.send(TTSSpeakFrame(SENTENCE))
+            await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i, timeout=10)
     return h
 
 

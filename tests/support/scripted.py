@@ -116,7 +116,7 @@ class ScriptedTTSService(TTSService):
         self.ttfb = ttfb
         self.stall_after_words = stall_after_words
         self.requests: list[str] = []
-        self._tasks: dict[str, asyncio.Task] = {}
+        self._tasks: dict[str, list[asyncio.Task]] = {}
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -132,7 +132,7 @@ class ScriptedTTSService(TTSService):
             return
         ttfb = self.ttfb(index) if callable(self.ttfb) else self.ttfb
         if self.websocket:
-            self._tasks[context_id] = self.create_task(self._deliver(text, context_id, fault, ttfb))
+            self._chain(context_id, self._deliver(text, context_id, fault, ttfb))
             yield None
             return
         async for frame in self._frames(text, context_id, fault, ttfb):
@@ -141,27 +141,41 @@ class ScriptedTTSService(TTSService):
                 return
             yield frame
 
+    def _chain(self, context_id: str, work):
+        """Run ``work`` after what the context already has in hand, as a provider answers in order."""
+        before = self._tasks.get(context_id, [])
+        previous = before[-1] if before else None
+
+        async def after_previous():
+            if previous is not None:
+                await asyncio.wait({previous})
+            await work
+
+        self._tasks[context_id] = [*before, self.create_task(after_previous())]
+
+    async def flush_audio(self, context_id: str | None = None):
+        # Like a WebSocket provider's "done": the context ends once everything
+        # asked of it was delivered (a turn's sentences share one context).
+        if context_id is not None:
+            self._chain(context_id, self.remove_audio_context(context_id))
+
     async def on_audio_context_interrupted(self, context_id: str):
-        task = self._tasks.pop(context_id, None)
-        if task:
+        for task in self._tasks.pop(context_id, []):
             await self.cancel_task(task)
 
     async def cleanup(self):
         await super().cleanup()
-        for task in list(self._tasks.values()):
-            await self.cancel_task(task)
+        for tasks in list(self._tasks.values()):
+            for task in tasks:
+                await self.cancel_task(task)
         self._tasks.clear()
 
     async def _deliver(self, text: str, context_id: str, fault: str | None, ttfb: float):
-        try:
-            async for frame in self._frames(text, context_id, fault, ttfb):
-                if isinstance(frame, ErrorFrame):
-                    await self.push_error(frame.error)
-                    return
-                await self.append_to_audio_context(context_id, frame)
-            await self.remove_audio_context(context_id)
-        finally:
-            self._tasks.pop(context_id, None)
+        async for frame in self._frames(text, context_id, fault, ttfb):
+            if isinstance(frame, ErrorFrame):
+                await self.push_error(frame.error)
+                return
+            await self.append_to_audio_context(context_id, frame)
 
     async def _frames(self, text: str, context_id: str, fault: str | None, ttfb: float):
         """The frames a request produces; an ErrorFrame stands for a provider error message."""

@@ -1,0 +1,745 @@
+"""The call's text through one provider's service at a time, moved to the next one when it fails."""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from loguru import logger
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    AggregatedTextProgressFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    SystemFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.utils.errors import ErrorCategory
+from pipecat.utils.text.base_text_aggregator import TextType
+
+from pipecat_tts_failover.detection import FailureReason, reason_for_error
+from pipecat_tts_failover.ledger import Ledger
+from pipecat_tts_failover.provider_link import ProviderLink
+from pipecat_tts_failover.watch import Deadlines, SpeechWatch
+
+_WORD_FRAMES = (TTSTextFrame, AggregatedTextProgressFrame)
+
+
+@dataclass
+class SentenceReport:
+    """How one span of speech went: from a request until the provider had spoken all it was asked.
+
+    Parameters:
+        spoken_by: The provider that finished it, or None if every one failed.
+        failures: ``(provider_id, reason)`` for each failure, in order.
+        errors: The first error message of each provider that failed.
+        hops: ``(from_id, to_id, reason)`` for each move to another provider.
+        first_audio_delay: Seconds from the first request of the span to the
+            first audible audio of the provider that spoke it.
+        sentences: Segments (sentences) the provider that spoke announced in the span.
+        latencies: ``(provider_id, seconds)`` first-audio latencies measured.
+        hedged_to: The provider a hedge was sent to, if one was.
+    """
+
+    spoken_by: str | None = None
+    failures: list[tuple[str, FailureReason]] = field(default_factory=list)
+    errors: dict[str, str | None] = field(default_factory=dict)
+    hops: list[tuple[str, str, FailureReason]] = field(default_factory=list)
+    first_audio_delay: float | None = None
+    latencies: list[tuple[str, float]] = field(default_factory=list)
+    hedged_to: str | None = None
+    sentences: int = 0
+
+
+@dataclass
+class RelayHooks:
+    """What the relay tells its owner.
+
+    Parameters:
+        push: Pushes a frame downstream (what the caller gets).
+        push_upstream: Pushes a frame upstream.
+        order: The providers to try for the next span, call's provider first.
+        deadlines: A provider's deadlines; the flag says it is the last one left.
+        start_link: Starts a provider's service if it is not running yet
+            (cold standby); returns whether it is ready.
+        spawn: Starts a task owned by the processor.
+        cancel: Cancels and awaits such a task.
+        on_failed: Awaited when a provider fails.
+        on_failover: Awaited when the speech moves to another provider.
+        on_report: Awaited with the report of each finished span.
+        on_all_failed: Awaited with the unspoken text when every provider failed.
+        hedge_delay: Seconds a request may wait for audio before it is hedged, or None.
+        hedge_allowed: Whether the hedge budget allows one more hedge of a provider.
+    """
+
+    push: Callable[[Frame], Awaitable[None]]
+    push_upstream: Callable[[Frame], Awaitable[None]]
+    order: Callable[[], list[str]]
+    deadlines: Callable[[str, bool], Deadlines]
+    start_link: Callable[[ProviderLink], Awaitable[bool]]
+    spawn: Callable[[Awaitable[None], str], asyncio.Task]
+    cancel: Callable[[asyncio.Task], Awaitable[None]]
+    on_failed: Callable[[str, FailureReason], Awaitable[None]]
+    on_failover: Callable[[str, str, FailureReason], Awaitable[None]]
+    on_report: Callable[[SentenceReport], Awaitable[None]]
+    on_all_failed: Callable[[str, SentenceReport], Awaitable[None]]
+    hedge_delay: Callable[[str], float | None] = lambda provider_id: None
+    hedge_allowed: Callable[[str], bool] = lambda provider_id: False
+
+
+class Relay:
+    """Hands the call's frames to one provider's service and passes on what it pushes.
+
+    On a healthy call the relay is a wire: each frame goes to the speaking
+    provider's service as it came, and what the service pushes goes on as it
+    was pushed, so the stream downstream is the service's own. A
+    :class:`SpeechWatch` keeps the deadlines and a :class:`Ledger` what the
+    caller has not heard yet. When the provider fails, its service is
+    interrupted (nothing more of it reaches the caller) and the next provider's
+    service is handed what is still owed, text from the first word not heard,
+    inside the same reply; downstream still sees one reply: the next service's
+    started frame is dropped and its frames carry the reply's context id until
+    the reply's stop frame.
+
+    Args:
+        links: The providers' links by id, in preference order.
+        hooks: What the relay tells its owner.
+        name: Used in log lines.
+    """
+
+    def __init__(self, links: Mapping[str, ProviderLink], hooks: RelayHooks, name: str):
+        self._links = links
+        self._hooks = hooks
+        self._name = name
+        self._lock = asyncio.Lock()
+        self.speaker: ProviderLink | None = None
+        self._watch: SpeechWatch | None = None
+        self._ledger = Ledger()
+        # Frames held while the speaker sends only silence after a request.
+        self._held: list[Frame] | None = None
+        self._report = SentenceReport()
+        self._order: list[str] = []
+        self._tried: list[str] = []
+        self._span_started: float | None = None
+        # An LLM reply was handed to the speaker and has not come out ended.
+        self._in_reply = False
+        # The reply's started frame that downstream saw, without its stop frame yet.
+        self._open_context: str | None = None
+        self._splice_next_start = False
+        self._context_map: dict[str, str] = {}
+        # Ids of frames the relay made up (a reply start for a new speaker): not passed on.
+        self._made_up: set[int] = set()
+        self._cut_words_to_drop = 0
+        # The segment announcement the caller saw last, and the one a new
+        # speaker's announcement stands in for after a failover.
+        self._announcement: AggregatedTextFrame | None = None
+        self._replaced_announcement: int | None = None
+        self._segment_map: dict[int, int] = {}
+        self._failover: asyncio.Task | None = None
+        # A hedge: the next provider speaking what is owed in parallel, its
+        # frames held until it or the speaker turns audible first.
+        self._hedge: ProviderLink | None = None
+        self._hedge_watch: SpeechWatch | None = None
+        self._hedge_held: list[Frame] = []
+        self._hedge_timer: asyncio.TimerHandle | None = None
+        self._hedge_task: asyncio.Task | None = None
+        self._reselect = True
+        self._ending = False
+        self._speaker_changed = asyncio.Event()
+
+    @property
+    def speaker_id(self) -> str | None:
+        """The provider speaking now."""
+        return None if self.speaker is None else self.speaker.provider_id
+
+    def _idle(self) -> bool:
+        watch = self._watch
+        return (
+            self._ledger.empty
+            and (watch is None or watch.idle)
+            and self._held is None
+            and not self._in_reply
+            and (self._failover is None or self._failover.done())
+        )
+
+    #
+    # Frames from the pipeline
+    #
+
+    async def send(self, frame: Frame):
+        """Hand a frame to the speaking provider's service."""
+        async with self._lock:
+            if self.speaker is None or (
+                not self._ending
+                and not isinstance(frame, SystemFrame)
+                and (self._reselect or self._idle())
+            ):
+                await self._select()
+            assert self.speaker is not None
+            if not isinstance(frame, SystemFrame):
+                self._ledger.add(frame)
+            if isinstance(frame, LLMFullResponseStartFrame):
+                self._in_reply = True
+            await self.speaker.send(frame)
+            if self._hedge is not None:
+                await self._hedge.send(frame)
+
+    async def interrupt(self, frame: InterruptionFrame):
+        """Drop everything owed; the speaker's service handles the interruption too."""
+        await self._cancel_failover()
+        async with self._lock:
+            if self.speaker is not None:
+                await self.speaker.interrupt(frame)
+            await self._drop_hedge()
+            self._reset()
+
+    async def finish(self, frame: EndFrame, timeout: float):
+        """Hand the end of the call to the speaker and wait until it has spoken everything."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # The call stays with the provider speaking its last words.
+        self._ending = True
+        while True:
+            async with self._lock:
+                if self.speaker is None:
+                    return
+                speaker = self.speaker
+                self._speaker_changed.clear()
+            came_out = asyncio.ensure_future(
+                speaker.send_lifecycle(frame, max(0.0, deadline - loop.time()))
+            )
+            changed = asyncio.ensure_future(self._speaker_changed.wait())
+            await asyncio.wait({came_out, changed}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            if self.speaker is speaker and came_out.done():
+                # A failover after the end came out has nothing left to speak.
+                await self._cancel_failover()
+                break
+            came_out.cancel()
+            if loop.time() >= deadline:
+                logger.warning(f"{self._name}: the end of the call came before all was spoken")
+                break
+            if self._failover is not None:
+                await asyncio.wait({self._failover}, timeout=max(0.0, deadline - loop.time()))
+        self.close()
+
+    def close(self):
+        """Stop the watches' timers (the call ended)."""
+        self._cancel_hedge_timer()
+        for watch in (self._watch, self._hedge_watch):
+            if watch is not None:
+                watch.close()
+
+    async def cancel(self):
+        """Drop everything at once (a CancelFrame)."""
+        await self._cancel_failover()
+        self._cancel_hedge_timer()
+        self._hedge = self._hedge_watch = None
+        self._reset()
+        self.close()
+
+    def _reset(self):
+        self._ledger.clear()
+        self._held = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._report = SentenceReport()
+        self._in_reply = False
+        self._open_context = None
+        self._splice_next_start = False
+        self._context_map.clear()
+        self._made_up.clear()
+        self._cut_words_to_drop = 0
+        self._announcement = None
+        self._replaced_announcement = None
+        self._segment_map.clear()
+        self._reselect = True
+
+    async def _cancel_failover(self):
+        for attribute in ("_failover", "_hedge_task"):
+            task = getattr(self, attribute)
+            setattr(self, attribute, None)
+            if task is not None and not task.done() and task is not asyncio.current_task():
+                await self._hooks.cancel(task)
+
+    #
+    # Choosing the speaker
+    #
+
+    async def _select(self):
+        """Pick the call's provider for what comes next (between replies only)."""
+        self._reselect = False
+        order = self._hooks.order()
+        if not order:
+            order = list(self._links)
+        self._order = order
+        self._tried = [order[0]]
+        if self.speaker is None or self.speaker.provider_id != order[0]:
+            await self._switch(self._links[order[0]])
+            if self._in_reply:
+                # Mid-reply (after every provider failed): the new speaker's service
+                # needs the reply's start, which downstream has seen already.
+                start = LLMFullResponseStartFrame()
+                self._made_up.add(start.id)
+                await self.speaker.send(start)
+        elif self._watch is None:
+            self._watch = self._new_watch(self.speaker)
+
+    async def _switch(self, link: ProviderLink):
+        await self._hooks.start_link(link)
+        if self._watch is not None:
+            self._watch.close()
+        self.speaker = link
+        self._watch = self._new_watch(link)
+        self._speaker_changed.set()
+
+    def _new_watch(self, link: ProviderLink) -> SpeechWatch:
+        pid = link.provider_id
+        last = not [p for p in self._order if p not in self._tried]
+        watch = SpeechWatch(
+            self._hooks.deadlines(pid, last),
+            lambda reason, error: self._on_failure(watch, reason, error),
+            word_timestamps=link.word_timestamps,
+            speech_rate=link.stats.speech_rate,
+        )
+        watch.limit_stall(link.stall_limit)
+        return watch
+
+    #
+    # Frames from the providers' services
+    #
+
+    def request(self, link: ProviderLink, context_id: str | None):
+        """A provider's service sent a request to its provider."""
+        if link is not self.speaker or self._watch is None:
+            return
+        if self._span_started is None:
+            self._span_started = asyncio.get_running_loop().time()
+        self._watch.request(context_id)
+        self._arm_hedge()
+
+    #
+    # Hedging
+    #
+
+    def _arm_hedge(self):
+        """Hedge the request now due if it has no audio after the hedge delay."""
+        watch = self._watch
+        if (
+            self._hedge is not None
+            or self._hedge_timer is not None
+            or self.speaker is None
+            or watch is None
+            or not watch.awaiting_audio
+            or not [p for p in self._order if p not in self._tried]
+        ):
+            return
+        delay = self._hooks.hedge_delay(self.speaker.provider_id)
+        if delay is not None:
+            self._hedge_timer = asyncio.get_running_loop().call_later(delay, self._hedge_due, watch)
+
+    def _hedge_busy(self) -> bool:
+        """Whether a task deciding the hedge's fate is under way."""
+        return self._hedge_task is not None and not self._hedge_task.done()
+
+    def _cancel_hedge_timer(self):
+        if self._hedge_timer is not None:
+            self._hedge_timer.cancel()
+            self._hedge_timer = None
+
+    def _hedge_due(self, watch: SpeechWatch):
+        self._hedge_timer = None
+        if watch is not self._watch or watch.failed is not None or not watch.awaiting_audio:
+            return
+        assert self.speaker is not None
+        if not self._hooks.hedge_allowed(self.speaker.provider_id):
+            return
+        self._hedge_task = self._hooks.spawn(self._start_hedge(watch), "hedge")
+
+    async def _start_hedge(self, watch: SpeechWatch):
+        async with self._lock:
+            if watch is not self._watch or watch.failed is not None or not watch.awaiting_audio:
+                return
+            next_id = next((p for p in self._order if p not in self._tried), None)
+            if next_id is None:
+                return
+            link = self._links[next_id]
+            assert self.speaker is not None
+            logger.debug(f"{self._name}: {self.speaker.provider_id} is slow; hedging on {next_id}")
+            self._tried.append(next_id)
+            self._report.hedged_to = next_id
+            await self._hooks.start_link(link)
+            last = not [p for p in self._order if p not in self._tried]
+            self._hedge = link
+            self._hedge_held = []
+            hedge_watch = self._hedge_watch = SpeechWatch(
+                self._hooks.deadlines(next_id, last),
+                lambda reason, error: self._on_hedge_failure(hedge_watch, reason, error),
+                word_timestamps=link.word_timestamps,
+                speech_rate=link.stats.speech_rate,
+            )
+            hedge_watch.limit_stall(link.stall_limit)
+            for frame in self._replay_frames():
+                await link.send(frame)
+
+    async def _hedge_output(self, frame: Frame):
+        """Hold what the hedge pushes; the first of the two to turn audible is heard."""
+        watch = self._hedge_watch
+        if watch is None or watch.failed is not None:
+            return
+        if isinstance(frame, SystemFrame):
+            return
+        self._hedge_held.append(frame)
+        if isinstance(frame, TTSAudioRawFrame):
+            awaiting = self._watch is not None and self._watch.awaiting_audio
+            if watch.audio(frame) and awaiting and not self._hedge_busy():
+                self._hedge_task = self._hooks.spawn(self._hedge_wins(), "hedge-wins")
+        elif isinstance(frame, TTSTextFrame):
+            watch.word(frame)
+        elif isinstance(frame, AggregatedTextFrame) and frame.will_be_spoken:
+            watch.announced(frame)
+        elif isinstance(frame, AggregatedTextProgressFrame):
+            watch.progress(frame)
+        elif isinstance(frame, TTSStoppedFrame):
+            watch.stopped(frame)
+        elif isinstance(frame, TTSStartedFrame):
+            watch.started(frame)
+
+    def _on_hedge_failure(self, watch: SpeechWatch, reason: FailureReason, error: str | None):
+        if watch is not self._hedge_watch or self._hedge is None:
+            return
+        pid = self._hedge.provider_id
+        self._report.failures.append((pid, reason))
+        self._report.errors.setdefault(pid, error)
+        if self.speaker is not None and self._watch is not None:
+            if not [p for p in self._order if p not in self._tried]:
+                # The speaker is the last provider left: it gets the last resort's deadline.
+                self._watch.set_deadlines(self._hooks.deadlines(self.speaker.provider_id, True))
+        self._hedge_task = self._hooks.spawn(self._drop_hedge_locked(), "hedge-failed")
+
+    async def _drop_hedge_locked(self):
+        async with self._lock:
+            await self._drop_hedge()
+
+    async def _drop_hedge(self):
+        """Abandon the hedge: the speaker turned audible first, or the hedge failed."""
+        self._cancel_hedge_timer()
+        link, watch = self._hedge, self._hedge_watch
+        self._hedge = self._hedge_watch = None
+        self._hedge_held = []
+        if watch is not None:
+            watch.close()
+        if link is not None:
+            await link.abandon()
+
+    async def _hedge_wins(self):
+        """The hedge turned audible first: it becomes the speaker."""
+        async with self._lock:
+            if self._hedge is None or self.speaker is None or self._watch is None:
+                return
+            if not self._watch.awaiting_audio:
+                return
+            loser = self.speaker
+            logger.debug(f"{self._name}: {self._hedge.provider_id} answered first")
+            self._watch.close()
+            await loser.abandon()
+            await self._take_hedge()
+
+    async def _take_hedge(self):
+        """Make the hedge the speaker and pass on what it has pushed so far."""
+        link, watch, held = self._hedge, self._hedge_watch, self._hedge_held
+        assert link is not None and watch is not None
+        self._hedge = self._hedge_watch = None
+        self._hedge_held = []
+        self._prepare_splice()
+        self.speaker = link
+        self._watch = watch
+        self._speaker_changed.set()
+        for frame in held:
+            await self._emit(frame)
+
+    async def output(self, link: ProviderLink, frame: Frame):
+        """Take what a provider's service pushed downstream."""
+        if link is self._hedge:
+            await self._hedge_output(frame)
+            return
+        watch = self._watch
+        if link is not self.speaker or watch is None or watch.failed is not None:
+            logger.trace(f"{self._name}: dropping {frame} from {link.provider_id}")
+            return
+        if isinstance(frame, SystemFrame):
+            await self._hooks.push(frame)
+            return
+        if isinstance(frame, TTSAudioRawFrame):
+            audible = watch.audio(frame)
+            if watch.failed is not None:
+                return
+            if audible and self._hedge is not None and not self._hedge_busy():
+                # The speaker answered before the hedge: the hedge is dropped.
+                self._hedge_task = self._hooks.spawn(self._drop_hedge_locked(), "hedge-lost")
+            if self._held is not None:
+                self._held.append(frame)
+                if audible:
+                    await self._release_held()
+            elif not audible and watch.awaiting_audio:
+                self._held = [frame]
+            else:
+                await self._emit(frame)
+        else:
+            timed = True
+            if isinstance(frame, TTSTextFrame):
+                timed = watch.word(frame)
+            elif isinstance(frame, AggregatedTextFrame):
+                if frame.will_be_spoken:
+                    watch.announced(frame)
+            elif isinstance(frame, AggregatedTextProgressFrame):
+                watch.progress(frame)
+            elif isinstance(frame, TTSStoppedFrame):
+                watch.stopped(frame)
+            elif isinstance(frame, TTSStartedFrame):
+                watch.started(frame)
+            if watch.failed is not None:
+                return
+            if self._held is not None:
+                self._held.append(frame)
+                if isinstance(frame, TTSStoppedFrame):
+                    # The service ended the context and the watch found nothing wrong.
+                    await self._release_held()
+            elif isinstance(frame, _WORD_FRAMES) and (watch.awaiting_audio or not timed):
+                # Words before any audible audio of their request, and words the
+                # provider never timed (pipecat completes a context's words at its
+                # end, and on a dropped socket), are held until audible audio
+                # follows them or the context ends well: a failure must not pass
+                # text off as spoken.
+                self._held = [frame]
+            else:
+                await self._emit(frame)
+        if watch.idle and watch.requested and watch.audible and self._held is None:
+            await self._spoken(watch)
+
+    async def upstream(self, link: ProviderLink, frame: Frame, direction: FrameDirection):
+        """Take what a provider's service pushed upstream."""
+        if not isinstance(frame, ErrorFrame):
+            if link is self.speaker:
+                await self._hooks.push_upstream(frame)
+            return
+        if frame.category == ErrorCategory.APPLICATION:
+            # The application's own code failed (a text transform): the user's error.
+            if link is self.speaker:
+                await self._hooks.push_upstream(frame)
+            return
+        if link is self._hedge and self._hedge_watch is not None:
+            usable = frame.processor.is_usable if frame.processor else True
+            reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
+            self._hedge_watch.fail(reason, frame.error)
+            return
+        watch = self._watch
+        if self.speaker is None and link.provider_id == next(iter(self._hooks.order()), None):
+            # The call's provider, before the call's first words (a rejected
+            # session, say): the pipeline hears of it as it would bare.
+            await self._hooks.push_upstream(frame)
+            return
+        if link is not self.speaker or watch is None or watch.failed is not None:
+            logger.debug(f"{link.service}: error of a provider not speaking: {frame.error}")
+            return
+        if watch.idle and not watch.requested and self._held is None and self._ledger.empty:
+            # Nothing owed: the error is the service's own business, as it would be bare.
+            await self._hooks.push_upstream(frame)
+            return
+        usable = frame.processor.is_usable if frame.processor else True
+        reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
+        watch.fail(reason, frame.error)
+
+    async def _release_held(self):
+        held, self._held = self._held or [], None
+        for frame in held:
+            await self._emit(frame)
+
+    async def _emit(self, frame: Frame):
+        """Pass on a frame of the speaker's, as one stream with what came before."""
+        if frame.id in self._made_up:
+            self._made_up.discard(frame.id)
+            return
+        ledger = self._ledger
+        ledger.came_out(frame)
+        if isinstance(frame, TTSTextFrame):
+            ledger.heard(frame.text)
+            if self._cut_words_to_drop and frame.pts:
+                # A word cut short was said again; its text had gone on already.
+                self._cut_words_to_drop -= 1
+                return
+        elif isinstance(frame, AggregatedTextFrame) and frame.skip_tts:
+            ledger.heard(frame.raw_text or frame.text)
+        if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
+            if frame.segment_id in self._segment_map:
+                frame.segment_id = self._segment_map[frame.segment_id]
+        elif isinstance(frame, AggregatedTextFrame) and frame.will_be_spoken:
+            self._report.sentences += 1
+            if self._replaced_announcement is not None:
+                self._segment_map[frame.id] = self._replaced_announcement
+                self._replaced_announcement = None
+                return
+            self._announcement = frame
+        context_id = getattr(frame, "context_id", None)
+        if context_id in self._context_map:
+            frame.context_id = self._context_map[context_id]
+        if isinstance(frame, TTSStartedFrame):
+            if self._splice_next_start and self._open_context is not None:
+                self._splice_next_start = False
+                if context_id is not None:
+                    self._context_map[context_id] = self._open_context
+                return
+            self._open_context = frame.context_id
+        elif isinstance(frame, TTSStoppedFrame):
+            self._announcement = None
+            if frame.context_id == self._open_context:
+                self._open_context = None
+            if not self._in_reply:
+                ledger.settle_utterance()
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            self._in_reply = False
+            ledger.settle_text()
+        await self._hooks.push(frame)
+
+    async def _spoken(self, watch: SpeechWatch):
+        """The speaker spoke everything it was asked: report the span."""
+        assert self.speaker is not None
+        pid = self.speaker.provider_id
+        report, self._report = self._report, SentenceReport()
+        report.spoken_by = pid
+        report.latencies = [(pid, seconds) for seconds in watch.latencies]
+        if self._span_started is not None and watch.latencies:
+            report.first_audio_delay = watch.latencies[0]
+        self._span_started = None
+        watch.reported()
+        self._tried = [pid]
+        self.speaker.stats.speech_rate = watch.speech_rate or self.speaker.stats.speech_rate
+        await self._hooks.on_report(report)
+        if watch is self._watch:
+            # What was just learned moves an adaptive deadline.
+            watch.set_deadlines(self._hooks.deadlines(pid, False))
+
+    #
+    # Failing over
+    #
+
+    def _on_failure(self, watch: SpeechWatch, reason: FailureReason, error: str | None):
+        if watch is not self._watch or self.speaker is None:
+            return
+        self._held = None
+        self._failover = self._hooks.spawn(
+            self._fail_over(self.speaker, watch, reason, error), "failover"
+        )
+
+    async def _fail_over(
+        self, failed: ProviderLink, watch: SpeechWatch, reason: FailureReason, error: str | None
+    ):
+        async with self._lock:
+            pid = failed.provider_id
+            report = self._report
+            report.failures.append((pid, reason))
+            report.errors.setdefault(pid, error)
+            logger.debug(f"{self._name}: {pid} failed: {reason} {error or ''}")
+            await self._settle_words(watch)
+            await failed.abandon()
+            await self._hooks.on_failed(pid, reason)
+            report.latencies += [(pid, seconds) for seconds in watch.latencies]
+            if watch.speech_rate:
+                failed.stats.speech_rate = watch.speech_rate
+            announced = self._announcement
+            replaces_segment = announced is not None and not watch.segment_done(announced.id)
+            if self._hedge is not None:
+                # A hedge is already speaking what is owed: it carries on as the
+                # failover, and with nothing left after it, as the last resort.
+                to_id = self._hedge.provider_id
+                logger.warning(f"{self._name}: {pid} failed ({reason}); {to_id} carries on")
+                report.hops.append((pid, to_id, reason))
+                report.sentences = 0
+                await self._hooks.on_failover(pid, to_id, reason)
+                if self._hedge_watch is not None and not [
+                    p for p in self._order if p not in self._tried
+                ]:
+                    self._hedge_watch.set_deadlines(self._hooks.deadlines(to_id, True))
+                await self._take_hedge()
+                return
+            next_id = next((p for p in self._order if p not in self._tried), None)
+            if next_id is None:
+                await self._all_failed()
+                return
+            logger.warning(f"{self._name}: {pid} failed ({reason}); moving to {next_id}")
+            report.hops.append((pid, next_id, reason))
+            report.sentences = 0
+            await self._hooks.on_failover(pid, next_id, reason)
+            self._tried.append(next_id)
+            if replaces_segment and announced is not None:
+                # The caller saw this segment announced: the next provider's
+                # announcement of what is left of it is not news.
+                self._replaced_announcement = announced.id
+            await self._hand_over(self._links[next_id])
+
+    async def _settle_words(self, watch: SpeechWatch):
+        """Decide which words of the failed speaker the caller heard."""
+        if watch.last_word_cut():
+            # Said again whole by the next provider; its text went on already.
+            self._ledger.unhear_last_word()
+            self._cut_words_to_drop = 1
+            return
+        words = watch.words_said_after_last()
+        if words:
+            # The audio covers words whose text the service held back.
+            frame = TTSTextFrame(" ".join(words), TextType.WORD)
+            frame.context_id = self._open_context
+            self._ledger.heard(frame.text)
+            await self._hooks.push(frame)
+
+    def _prepare_splice(self):
+        """The next speaker's first started frame joins the reply downstream already sees."""
+        self._splice_next_start = self._open_context is not None
+
+    def _replay_frames(self) -> list[Frame]:
+        """What a new speaker is handed: what is owed, inside the reply if one is open."""
+        frames = self._ledger.replay()
+        starts_reply = any(isinstance(f, LLMFullResponseStartFrame) for f in frames)
+        if self._in_reply and not starts_reply:
+            start = LLMFullResponseStartFrame()
+            self._made_up.add(start.id)
+            frames.insert(0, start)
+        ledger = self._ledger = Ledger()
+        for frame in frames:
+            if frame.id not in self._made_up:
+                ledger.add(frame)
+        return frames
+
+    async def _hand_over(self, link: ProviderLink):
+        """Make ``link`` the speaker and hand it what is still owed."""
+        await self._switch(link)
+        self._prepare_splice()
+        for frame in self._replay_frames():
+            await link.send(frame)
+
+    async def _all_failed(self):
+        """Every provider failed what is owed: report it and close the reply downstream."""
+        report, self._report = self._report, SentenceReport()
+        text = self._ledger.unheard_text()
+        owed = self._ledger.owed_frames()
+        self._ledger.clear()
+        self._span_started = None
+        if self._open_context is not None:
+            await self._hooks.push(TTSStoppedFrame(context_id=self._open_context))
+            self._open_context = None
+        for frame in owed:
+            if isinstance(frame, LLMFullResponseEndFrame):
+                self._in_reply = False
+            await self._hooks.push(frame)
+        self._splice_next_start = False
+        self._reselect = True
+        await self._hooks.on_report(report)
+        await self._hooks.on_all_failed(text, report)

@@ -1,0 +1,391 @@
+"""Watching one provider's service speak: its deadlines, its silence, and the verdict."""
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipecat.frames.frames import (
+    AggregatedTextFrame,
+    AggregatedTextProgressFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+)
+
+from pipecat_tts_failover.detection import FailureReason, is_audible
+from pipecat_tts_failover.timeline import WordTimeline
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """The time limits of a provider speaking.
+
+    Parameters:
+        first_audio: Seconds from a request to its first audio.
+        stall: Longest gap between audio chunks while speech is owed, and the
+            most digital silence (in seconds of audio) tolerated in a row.
+        silence_floor: RMS level (0..32768) at or below which audio is silence.
+    """
+
+    first_audio: float
+    stall: float
+    silence_floor: float
+
+
+OnFailure = Callable[[FailureReason, str | None], None]
+# Seconds of audio past the expected end of a request's last word that are
+# still taken for that word (word lengths are estimates).
+_TAIL_MARGIN = 0.3
+
+
+class SpeechWatch:
+    """Watches what one provider's service does with the text it was handed.
+
+    The service aggregates text and sends requests to its provider itself; the
+    watch is told of each request (pipecat's ``on_tts_request``) and of every
+    frame the service pushes. pipecat announces each request's text (an
+    ``AggregatedTextFrame`` it will speak) just ahead of its audio, in playing
+    order: from that announcement the request's audio is due within
+    ``first_audio`` (from the request itself when it was sent with nothing
+    playing), and once it has started it must not stop for longer than
+    ``stall`` until the request is done. A request is done when its last word
+    has been heard (word timestamps), when its text comes after its audio
+    (services without them), when the next request's announcement comes out,
+    or when its audio context ends. Digital silence for longer than ``stall``,
+    or a context that ends with no audible audio, fails too.
+
+    One timer watches both deadlines; a chunk of audio costs no timer work
+    (the timer re-arms itself lazily when it fires early).
+
+    Args:
+        deadlines: The provider's time limits.
+        on_failure: Called once, with the reason and the provider's message.
+        word_timestamps: Whether the service reports word timestamps.
+        speech_rate: The provider's measured seconds per character, if known.
+    """
+
+    def __init__(
+        self,
+        deadlines: Deadlines,
+        on_failure: OnFailure,
+        *,
+        word_timestamps: bool,
+        speech_rate: float | None = None,
+    ):
+        self._deadlines = deadlines
+        self._on_failure = on_failure
+        self._word_timestamps = word_timestamps
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        # Requests sent and not yet spoken in full, by audio context.
+        self._requests: dict[str | None, int] = {}
+        # Segments announced (their text, by the announcement's id) and done.
+        self._announced: dict[int, str] = {}
+        self._done_segments: set[int] = set()
+        # The segment whose words are being spoken, and its audio context.
+        self._segment: int | None = None
+        self._segment_context: str | None = None
+        # Its last word has started (the progress frame said nothing is left).
+        self._last_word = False
+        # A request finished on its last word: audio until that word's end is its tail.
+        self._tail = False
+        # When the request now due was sent (or became due), until audible audio came.
+        self._awaiting_since: float | None = None
+        self._awaiting_request = False
+        self._last_audio_at: float | None = None
+        self._silent_run = 0.0
+        # Audio contexts that had audio, and audible audio.
+        self._context_audio: set[str | None] = set()
+        self._context_audible: set[str | None] = set()
+        self._playing: str | None = None
+        # Whether a request was sent, and audible audio came, since the last report.
+        self.requested = False
+        self.audible = False
+        self.failed: FailureReason | None = None
+        # First-audio latencies measured since the last report, in seconds.
+        self.latencies: list[float] = []
+        self._speech_rate = speech_rate
+        self._timeline: WordTimeline | None = None
+        self._words_in_segment = 0
+        self._last_word_pts: int | None = None
+        # Word frames that came before their context's first audio.
+        self._early_words: list[TTSTextFrame] = []
+
+    @property
+    def speaking(self) -> bool:
+        """Whether a request's words are being spoken."""
+        return self._segment is not None
+
+    def segment_done(self, segment_id: int) -> bool:
+        """Whether the segment of this announcement was spoken to its last word."""
+        return segment_id in self._done_segments
+
+    @property
+    def pending(self) -> int:
+        """How many requests are not yet spoken in full."""
+        return sum(self._requests.values())
+
+    @property
+    def awaiting_audio(self) -> bool:
+        """Whether a request is waiting for its first audible audio."""
+        return self._awaiting_since is not None
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is owed."""
+        return not self._requests
+
+    @property
+    def speech_rate(self) -> float | None:
+        """Seconds per character the provider spoke at, once measured."""
+        return self._speech_rate
+
+    def set_deadlines(self, deadlines: Deadlines):
+        """Use other deadlines from now on (the last provider left gets longer)."""
+        self._deadlines = deadlines
+        if self._awaiting_since is not None:
+            self._arm(self._awaiting_since + deadlines.first_audio)
+
+    def limit_stall(self, seconds: float | None):
+        """Keep the stall deadline below ``seconds`` (a service's own end-of-sentence timer)."""
+        if seconds is not None and seconds < self._deadlines.stall:
+            self._deadlines = dataclasses.replace(self._deadlines, stall=seconds)
+
+    def request(self, context_id: str | None):
+        """The service sent a request to its provider, in this audio context."""
+        if self.failed is not None:
+            return
+        self.requested = True
+        self._requests[context_id] = self._requests.get(context_id, 0) + 1
+        if self._segment is None and self._awaiting_since is None and not self._tail:
+            # Nothing is being spoken: the audio is due from the request.
+            self._await_audio(from_request=True)
+
+    def announced(self, frame: AggregatedTextFrame):
+        """The service announced a segment it will speak."""
+        self._announced[frame.id] = frame.text
+
+    def started(self, frame: TTSStartedFrame):
+        """The service opened an audio context."""
+        self._playing = frame.context_id
+
+    def audio(self, frame: TTSAudioRawFrame) -> bool:
+        """Take a chunk of audio; return whether it is audible."""
+        now = self._loop.time()
+        self._last_audio_at = now
+        context_id = frame.context_id or self._playing
+        self._context_audio.add(context_id)
+        early, self._early_words = self._early_words, []
+        for word in early:
+            self._time_word(word)
+        seconds = _seconds(frame)
+        timeline = self._timeline
+        if timeline is not None:
+            timeline.add_audio(seconds)
+        tail = self._tail
+        if tail and (timeline is None or timeline.past_current(_TAIL_MARGIN)):
+            # Well past the finished request's last word: this is the next one's
+            # audio (its first word frame usually says so first).
+            self._tail = False
+        if is_audible(frame.audio, self._deadlines.silence_floor):
+            self._silent_run = 0.0
+            self.audible = True
+            self._context_audible.add(context_id)
+            if self._awaiting_since is not None and not tail:
+                if self._awaiting_request:
+                    # A first-audio latency only where the request waited on nothing else.
+                    self.latencies.append(now - self._awaiting_since)
+                self._awaiting_since = None
+            if self._last_word and timeline is not None and timeline.current_said:
+                self._finish_segment()
+            if self._requests and self._awaiting_since is None:
+                self._arm(now + self._deadlines.stall, lazy=True)
+            return True
+        self._silent_run += seconds
+        if self._requests and self._silent_run > self._deadlines.stall:
+            self._fail(FailureReason.SILENT_AUDIO)
+        elif self._requests and self._awaiting_since is None:
+            self._arm(now + self._deadlines.stall, lazy=True)
+        return False
+
+    def word(self, frame: TTSTextFrame) -> bool:
+        """A word frame the service pushed; return whether the provider timed it.
+
+        A timed word has a pts later than the word before it in its segment;
+        pipecat pushes the words a provider never timed when their context
+        ends (and when a socket drops), stamped with the last word's pts.
+        """
+        if not self._word_timestamps:
+            # A service without word timestamps pushes a request's text after its audio.
+            context_id = frame.context_id or self._playing
+            if context_id in self._context_audible:
+                if frame.segment_id is not None:
+                    self._done_segments.add(frame.segment_id)
+                self._done(context_id)
+            return True
+        if frame.segment_id is not None and frame.segment_id != self._segment:
+            if frame.segment_id in self._done_segments:
+                return False
+            self._enter_segment(frame.segment_id, frame.context_id)
+        if not frame.pts or (self._last_word_pts is not None and frame.pts <= self._last_word_pts):
+            return False
+        if (frame.context_id or self._playing) not in self._context_audio:
+            # pipecat pushes the words it timed before a context's first audio
+            # right ahead of it, and the words it never timed at the end of a
+            # context that had none: which these are, the audio will tell.
+            self._early_words.append(frame)
+            return False
+        self._time_word(frame)
+        return True
+
+    def _time_word(self, frame: TTSTextFrame):
+        self._last_word_pts = frame.pts
+        if self._timeline is not None:
+            self._timeline.word_started(self._words_in_segment, frame.pts, self._timeline.received)
+            self._words_in_segment += len(frame.text.split())
+            if self._timeline.measured_rate:
+                self._speech_rate = self._timeline.measured_rate
+
+    def _enter_segment(self, segment_id: int, context_id: str | None):
+        """The words of another segment started: the one before it is done."""
+        if self._segment is not None:
+            self._finish_segment()
+        self._tail = False
+        self._segment = segment_id
+        self._segment_context = context_id
+        self._last_word = False
+        self._timeline = WordTimeline(self._announced.pop(segment_id, ""), self._speech_rate)
+        self._words_in_segment = 0
+        # Each segment's word times start from its own first audio.
+        self._last_word_pts = None
+        self._early_words.clear()
+
+    def progress(self, frame: AggregatedTextProgressFrame):
+        """A progress frame: with no text left, the segment's last word has started."""
+        if frame.remaining_text.strip() or frame.segment_id != self._segment:
+            return
+        self._last_word = True
+        if self._timeline is not None and self._timeline.current_said:
+            self._finish_segment()
+
+    def stopped(self, frame: TTSStoppedFrame):
+        """The service ended an audio context: whatever it was asked in it is done."""
+        context_id = frame.context_id
+        if self._requests.get(context_id) and context_id not in self._context_audible:
+            audio = context_id in self._context_audio
+            self._fail(FailureReason.SILENT_AUDIO if audio else FailureReason.NO_AUDIO)
+            return
+        self._context_audio.discard(context_id)
+        self._context_audible.discard(context_id)
+        if self._segment_context == context_id:
+            self._segment = None
+            self._tail = False
+        self._done(context_id, everything=True)
+
+    def last_word_cut(self) -> bool:
+        """Whether the last word started was cut before most of it was heard."""
+        timeline = self._timeline
+        return (
+            self._segment is not None
+            and timeline is not None
+            and timeline.current_index is not None
+            and not timeline.current_said
+        )
+
+    def words_said_after_last(self) -> list[str]:
+        """Words after the last word frame that the audio received covers."""
+        if self._segment is None or self._timeline is None:
+            return []
+        return self._timeline.said_after_current()
+
+    def fail(self, reason: FailureReason, error: str | None = None):
+        """Fail the provider from outside (an error frame, an unusable service)."""
+        self._fail(reason, error)
+
+    def close(self):
+        """Stop the timer; the watch takes nothing more."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def reported(self):
+        """The span of speech so far was reported: count afresh."""
+        self.requested = self.audible = False
+        self.latencies = []
+
+    def _await_audio(self, *, from_request: bool = False):
+        self._awaiting_request = from_request
+        self._awaiting_since = self._loop.time()
+        self._arm(self._awaiting_since + self._deadlines.first_audio)
+
+    def _finish_segment(self):
+        """The segment being spoken was heard to its last word."""
+        if self._segment is None or self.failed is not None:
+            return
+        self._done_segments.add(self._segment)
+        self._segment = None
+        self._last_word = False
+        self._tail = True
+        self._done(self._segment_context)
+
+    def _done(self, context_id: str | None, *, everything: bool = False):
+        """One request (or every one) of an audio context was spoken."""
+        if self.failed is not None:
+            return
+        if context_id not in self._requests:
+            if not self._requests or everything:
+                return
+            # Told of with another context id: the oldest request is the one done.
+            context_id = next(iter(self._requests))
+        left = 0 if everything else self._requests[context_id] - 1
+        if left > 0:
+            self._requests[context_id] = left
+        else:
+            del self._requests[context_id]
+        self._awaiting_since = None
+        if self._requests:
+            # The next request's audio is due.
+            self._await_audio()
+        else:
+            self.close()
+
+    def _arm(self, at: float, *, lazy: bool = False):
+        if self._timer is not None:
+            if lazy and self._timer.when() <= at:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(at, self._on_timer)
+
+    def _on_timer(self):
+        self._timer = None
+        if self.failed is not None or not self._requests:
+            return
+        now = self._loop.time()
+        if self._awaiting_since is not None:
+            due = self._awaiting_since + self._deadlines.first_audio
+            if now >= due:
+                silent = self._silent_run > 0
+                self._fail(FailureReason.SILENT_AUDIO if silent else FailureReason.NO_FIRST_AUDIO)
+            else:
+                self._arm(due)
+            return
+        if self._last_audio_at is None:
+            return
+        due = self._last_audio_at + self._deadlines.stall
+        if now >= due:
+            self._fail(FailureReason.STALLED)
+        else:
+            self._arm(due)
+
+    def _fail(self, reason: FailureReason, error: str | None = None):
+        if self.failed is not None:
+            return
+        self.failed = reason
+        self.close()
+        self._on_failure(reason, error)
+
+
+def _seconds(frame: TTSAudioRawFrame) -> float:
+    return len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
