@@ -124,6 +124,8 @@ class ProviderLink:
         # Whether the StartFrame, and an EndFrame or CancelFrame, have been sent to the service.
         self.started = False
         self.ended = False
+        # Whether the service was cancelled mid-way through its EndFrame.
+        self.cancelled = False
         # Id of the interruption sent to drop what the service still pushes.
         self._draining: int | None = None
         self._lifecycle: dict[int, asyncio.Event] = {}
@@ -156,6 +158,7 @@ class ProviderLink:
         """
         if self.ended:
             self._draining = -1
+            self.cancelled = True
             await self.send_lifecycle(CancelFrame(), timeout=None)
         else:
             await self.interrupt(InterruptionFrame())

@@ -75,6 +75,7 @@ class RelayHooks:
         on_failover: Awaited when the speech moves to another provider.
         on_report: Awaited with the report of each finished span.
         on_all_failed: Awaited with the unspoken text when every provider failed.
+        before_select: Awaited before the speaker is chosen for what comes next.
         hedge_delay: Seconds a request may wait for audio before it is hedged, or None.
         hedge_allowed: Whether the hedge budget allows one more hedge of a provider.
     """
@@ -90,6 +91,7 @@ class RelayHooks:
     on_failover: Callable[[str, str, FailureReason], Awaitable[None]]
     on_report: Callable[[SentenceReport], Awaitable[None]]
     on_all_failed: Callable[[str, SentenceReport], Awaitable[None]]
+    before_select: Callable[[], Awaitable[None]] | None = None
     hedge_delay: Callable[[str], float | None] = lambda provider_id: None
     hedge_allowed: Callable[[str], bool] = lambda provider_id: False
 
@@ -137,12 +139,14 @@ class Relay:
         # Ids of frames the relay made up (a reply start for a new speaker): not passed on.
         self._made_up: set[int] = set()
         self._cut_words_to_drop = 0
+        self._last_word_out: int | None = None
         # The segment announcement the caller saw last, and the one a new
         # speaker's announcement stands in for after a failover.
         self._announcement: AggregatedTextFrame | None = None
         self._replaced_announcement: int | None = None
         self._segment_map: dict[int, int] = {}
         self._failover: asyncio.Task | None = None
+        self._release: asyncio.Task | None = None
         # A hedge: the next provider speaking what is owed in parallel, its
         # frames held until it or the speaker turns audible first.
         self._hedge: ProviderLink | None = None
@@ -218,8 +222,8 @@ class Relay:
             changed = asyncio.ensure_future(self._speaker_changed.wait())
             await asyncio.wait({came_out, changed}, return_when=asyncio.FIRST_COMPLETED)
             changed.cancel()
-            if self.speaker is speaker and came_out.done():
-                # A failover after the end came out has nothing left to speak.
+            if self.speaker is speaker and (came_out.done() or speaker.cancelled):
+                # Everything was spoken, or every provider failed what was owed.
                 await self._cancel_failover()
                 break
             came_out.cancel()
@@ -264,7 +268,7 @@ class Relay:
         self._reselect = True
 
     async def _cancel_failover(self):
-        for attribute in ("_failover", "_hedge_task"):
+        for attribute in ("_failover", "_hedge_task", "_release"):
             task = getattr(self, attribute)
             setattr(self, attribute, None)
             if task is not None and not task.done() and task is not asyncio.current_task():
@@ -277,6 +281,8 @@ class Relay:
     async def _select(self):
         """Pick the call's provider for what comes next (between replies only)."""
         self._reselect = False
+        if self._hooks.before_select is not None:
+            await self._hooks.before_select()
         order = self._hooks.order()
         if not order:
             order = list(self._links)
@@ -290,7 +296,8 @@ class Relay:
                 start = LLMFullResponseStartFrame()
                 self._made_up.add(start.id)
                 await self.speaker.send(start)
-        elif self._watch is None:
+        elif self._watch is None or self._watch.failed is not None:
+            # The same provider speaks again (after every provider failed, say).
             self._watch = self._new_watch(self.speaker)
 
     async def _switch(self, link: ProviderLink):
@@ -487,7 +494,7 @@ class Relay:
                 self._hedge_task = self._hooks.spawn(self._drop_hedge_locked(), "hedge-lost")
             if self._held is not None:
                 self._held.append(frame)
-                if audible:
+                if audible and not self._releasing():
                     await self._release_held()
             elif not audible and watch.awaiting_audio:
                 self._held = [frame]
@@ -502,17 +509,24 @@ class Relay:
                     watch.announced(frame)
             elif isinstance(frame, AggregatedTextProgressFrame):
                 watch.progress(frame)
-            elif isinstance(frame, TTSStoppedFrame):
-                watch.stopped(frame)
             elif isinstance(frame, TTSStartedFrame):
                 watch.started(frame)
             if watch.failed is not None:
                 return
-            if self._held is not None:
+            if isinstance(frame, TTSStoppedFrame) and watch.ends_silent(frame):
+                watch.stopped(frame)
+                return
+            if isinstance(frame, TTSStoppedFrame):
+                # The end of an audio context is judged a step later: pipecat's
+                # Cartesia service pushes its stop frame and then the provider's
+                # error in the same step. Until then it, and what follows it, wait.
+                if self._held is None:
+                    self._held = []
                 self._held.append(frame)
-                if isinstance(frame, TTSStoppedFrame):
-                    # The service ended the context and the watch found nothing wrong.
-                    await self._release_held()
+                if not self._releasing():
+                    self._release = self._hooks.spawn(self._release_after_step(watch), "release")
+            elif self._held is not None:
+                self._held.append(frame)
             elif isinstance(frame, _WORD_FRAMES) and (watch.awaiting_audio or not timed):
                 # Words before any audible audio of their request, and words the
                 # provider never timed (pipecat completes a context's words at its
@@ -538,7 +552,9 @@ class Relay:
             return
         if link is self._hedge and self._hedge_watch is not None:
             usable = frame.processor.is_usable if frame.processor else True
-            reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
+            reason = reason_for_error(
+                frame.category, raised=frame.exception is not None, usable=usable
+            )
             self._hedge_watch.fail(reason, frame.error)
             return
         watch = self._watch
@@ -558,6 +574,22 @@ class Relay:
         reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
         watch.fail(reason, frame.error)
 
+    def _releasing(self) -> bool:
+        return self._release is not None and not self._release.done()
+
+    async def _release_after_step(self, watch: SpeechWatch):
+        await asyncio.sleep(0)
+        if watch is not self._watch or watch.failed is not None or self._held is None:
+            return
+        for frame in self._held:
+            if isinstance(frame, TTSStoppedFrame):
+                watch.stopped(frame)
+                if watch.failed is not None:
+                    return
+        await self._release_held()
+        if watch.idle and watch.requested and watch.audible:
+            await self._spoken(watch)
+
     async def _release_held(self):
         held, self._held = self._held or [], None
         for frame in held:
@@ -571,6 +603,7 @@ class Relay:
         ledger = self._ledger
         ledger.came_out(frame)
         if isinstance(frame, TTSTextFrame):
+            self._last_word_out = frame.id
             ledger.heard(frame.text)
             if self._cut_words_to_drop and frame.pts:
                 # A word cut short was said again; its text had gone on already.
@@ -687,7 +720,7 @@ class Relay:
 
     async def _settle_words(self, watch: SpeechWatch):
         """Decide which words of the failed speaker the caller heard."""
-        if watch.last_word_cut():
+        if watch.last_word_cut() and watch.current_word_id == self._last_word_out:
             # Said again whole by the next provider; its text went on already.
             self._ledger.unhear_last_word()
             self._cut_words_to_drop = 1
@@ -741,5 +774,7 @@ class Relay:
             await self._hooks.push(frame)
         self._splice_next_start = False
         self._reselect = True
+        # The end of the call may be waiting on the speaker that just failed.
+        self._speaker_changed.set()
         await self._hooks.on_report(report)
         await self._hooks.on_all_failed(text, report)

@@ -320,6 +320,7 @@ class FailoverTTSService(BasePipeline):
                 on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
                 on_report=self._on_report,
                 on_all_failed=self._all_failed,
+                before_select=self._return_if_recovered if self._return_immediately else None,
                 hedge_delay=self._speed.hedge_delay,
                 hedge_allowed=self._speed.hedge_allowed,
             ),
@@ -550,8 +551,6 @@ class FailoverTTSService(BasePipeline):
             self._notify(ProviderSlow(pid, p95))
             await self._call_event_handler("on_provider_slow", pid, p95)
         self._settle(report.failures, report.errors, report.spoken_by)
-        if self._return_immediately:
-            await self._return_if_recovered()
 
     async def _return_if_recovered(self):
         """Move the call back to a preferred provider that recovered (``return_to_primary="immediately"``)."""

@@ -112,6 +112,8 @@ class SpeechWatch:
         self._last_word_pts: int | None = None
         # Word frames that came before their context's first audio.
         self._early_words: list[TTSTextFrame] = []
+        # The frame of the word last started.
+        self.current_word_id: int | None = None
 
     @property
     def speaking(self) -> bool:
@@ -242,6 +244,7 @@ class SpeechWatch:
 
     def _time_word(self, frame: TTSTextFrame):
         self._last_word_pts = frame.pts
+        self.current_word_id = frame.id
         if self._timeline is not None:
             self._timeline.word_started(self._words_in_segment, frame.pts, self._timeline.received)
             self._words_in_segment += len(frame.text.split())
@@ -270,10 +273,15 @@ class SpeechWatch:
         if self._timeline is not None and self._timeline.current_said:
             self._finish_segment()
 
+    def ends_silent(self, frame: TTSStoppedFrame) -> bool:
+        """Whether this end of an audio context fails the provider (it was owed audible audio)."""
+        context_id = frame.context_id
+        return bool(self._requests.get(context_id)) and context_id not in self._context_audible
+
     def stopped(self, frame: TTSStoppedFrame):
         """The service ended an audio context: whatever it was asked in it is done."""
         context_id = frame.context_id
-        if self._requests.get(context_id) and context_id not in self._context_audible:
+        if self.ends_silent(frame):
             audio = context_id in self._context_audio
             self._fail(FailureReason.SILENT_AUDIO if audio else FailureReason.NO_AUDIO)
             return
@@ -317,6 +325,8 @@ class SpeechWatch:
 
     def _await_audio(self, *, from_request: bool = False):
         self._awaiting_request = from_request
+        # Silence before now (the end of the audio before) is not this request's.
+        self._silent_run = 0.0
         self._awaiting_since = self._loop.time()
         self._arm(self._awaiting_since + self._deadlines.first_audio)
 

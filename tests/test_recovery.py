@@ -4,7 +4,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
 from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
 from pipecat_tts_failover.events import ProbeFinished, ProviderUp
@@ -197,7 +197,8 @@ async def test_return_to_primary_immediately_moves_a_call_in_progress_back():
             while (await store.get(["primary"]))["primary"].down_until is None:
                 await asyncio.sleep(0.01)
         await h.send(TTSSpeakFrame(SENTENCES[1]))
-        await h.wait_for(lambda: len(services["backup"].requests) == 2)
+        await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 2)
+        # Between sentences: the next one moves back.
         await store.mark_up("primary")  # what recovery does when a probe speaks
         await h.send(TTSSpeakFrame(SENTENCES[2]))
     assert services["backup"].requests == SENTENCES[:2]
@@ -245,7 +246,10 @@ async def test_kill_switch_disables_failover():
     await store.set_controls(Controls(failover_enabled=False))
     services = providers(plan({0: "hang"}))
     tts = FailoverTTSService(services=services, store=store, first_audio_timeout=0.2)
-    h = await speak(tts, SENTENCES[:2])
+    async with PipelineHarness(tts) as h:
+        for i, sentence in enumerate(SENTENCES[:2]):
+            await h.send(TTSSpeakFrame(sentence))
+            await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i)
     assert services["backup"].requests == []
     assert services["primary"].requests == SENTENCES[:2]
     assert [w for w, _ in decode_audio(h.audio, VOCABULARY)] == SENTENCES[1].split()
