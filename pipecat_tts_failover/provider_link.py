@@ -121,6 +121,8 @@ class ProviderLink:
         # Services without word timestamps push a sentence's text after its audio.
         self.word_timestamps = not getattr(service, "_push_text_frames", False)
         self.stall_limit = _stall_limit(service)
+        # Whether the pipeline was set up (pipecat's WebSocket services connect then).
+        self.set_up = False
         # Whether the StartFrame, and an EndFrame or CancelFrame, have been sent to the service.
         self.started = False
         self.ended = False

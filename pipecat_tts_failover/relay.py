@@ -426,10 +426,10 @@ class Relay:
         pid = self._hedge.provider_id
         self._report.failures.append((pid, reason))
         self._report.errors.setdefault(pid, error)
-        if self.speaker is not None and self._watch is not None:
-            if not [p for p in self._order if p not in self._tried]:
-                # The speaker is the last provider left: it gets the last resort's deadline.
-                self._watch.set_deadlines(self._hooks.deadlines(self.speaker.provider_id, True))
+        last_left = not [p for p in self._order if p not in self._tried]
+        if last_left and self.speaker is not None and self._watch is not None:
+            # The speaker is the last provider left: it gets the last resort's deadline.
+            self._watch.set_deadlines(self._hooks.deadlines(self.speaker.provider_id, True))
         self._hedge_task = self._hooks.spawn(self._drop_hedge_locked(), "hedge-failed")
 
     async def _drop_hedge_locked(self):

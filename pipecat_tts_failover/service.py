@@ -329,6 +329,7 @@ class FailoverTTSService(BasePipeline):
         for link in self._links.values():
             link.listener = self._relay
         self._start_frame: StartFrame | None = None
+        self._provider_setup: FrameProcessorSetup | None = None
 
         self._register_event_handler("on_failover")
         self._register_event_handler("on_sentence_failed")
@@ -373,16 +374,32 @@ class FailoverTTSService(BasePipeline):
         return [p for link in self._links.values() for p in link.pipeline.processors_with_metrics()]
 
     async def setup(self, setup: FrameProcessorSetup):
-        """Set up this processor and every provider's pipeline."""
+        """Set up this processor and the providers' pipelines.
+
+        pipecat's WebSocket services connect when they are set up: with cold
+        standby only the preferred provider is, the others when the call
+        first needs them.
+        """
         await super().setup(setup)
         self._setup_finished()
-        await self._setup_processors(self.processors, provider_setup(setup))
+        self._provider_setup = provider_setup(setup)
+        links = list(self._links.values())
+        await self._set_up_links(links[:1] if self._cold_standby else links)
+
+    async def _set_up_links(self, links: list[ProviderLink]):
+        links = [link for link in links if not link.set_up]
+        for link in links:
+            link.set_up = True
+        if links and self._provider_setup is not None:
+            await self._setup_processors([link.pipeline for link in links], self._provider_setup)
 
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
         await super().cleanup()
         await self._writer.stop()
-        await self._cleanup_processors(self.processors)
+        await self._cleanup_processors(
+            [link.pipeline for link in self._links.values() if link.set_up]
+        )
 
     #
     # Frame processing
@@ -456,9 +473,12 @@ class FailoverTTSService(BasePipeline):
             )
         self._start_frame = frame
         call_link = self._links[self._policy.call_provider]
-        for link in self._links.values():
-            if link is call_link or not self._cold_standby:
-                await link.send_lifecycle(frame, timeout=None)
+        starting = [
+            link for link in self._links.values() if link is call_link or not self._cold_standby
+        ]
+        await self._set_up_links(starting)
+        for link in starting:
+            await link.send_lifecycle(frame, timeout=None)
 
     def _prefer_faster_provider(self):
         """Start the call on a faster provider while its own is reported slow."""
@@ -485,6 +505,7 @@ class FailoverTTSService(BasePipeline):
         if link.started or self._start_frame is None:
             return True
         logger.info(f"{self}: starting {link.provider_id} (cold standby)")
+        await self._set_up_links([link])
         return await link.send_lifecycle(self._start_frame, _COLD_START_TIMEOUT)
 
     def _order_for_speech(self) -> list[str]:

@@ -231,7 +231,13 @@ class SpeechWatch:
             if frame.segment_id in self._done_segments:
                 return False
             self._enter_segment(frame.segment_id, frame.context_id)
-        if not frame.pts or (self._last_word_pts is not None and frame.pts <= self._last_word_pts):
+        if (
+            not frame.pts
+            or (self._last_word_pts is not None and frame.pts <= self._last_word_pts)
+            or len(frame.text.split()) > 1
+        ):
+            # A provider times words one by one; text of several words is what
+            # pipecat completes at a context's end, or when its socket drops.
             return False
         if (frame.context_id or self._playing) not in self._context_audio:
             # pipecat pushes the words it timed before a context's first audio

@@ -614,14 +614,21 @@ async def test_the_last_provider_left_is_given_longer_before_the_sentence_is_los
 
 
 class _CountingStarts(ScriptedTTSService):
-    """A scripted service that counts how often pipecat started it (a session each)."""
+    """A scripted service that counts how often pipecat set it up and started it.
+
+    pipecat's WebSocket services connect when they are set up: a session each.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.starts = 0
 
-    async def start(self, frame):
+    async def setup(self, setup):
         self.starts += 1
+        await super().setup(setup)
+
+    async def start(self, frame):
+        assert self.starts, "started before it was set up"
         await super().start(frame)
 
 
