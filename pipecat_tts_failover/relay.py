@@ -566,8 +566,11 @@ class Relay:
         if link is not self.speaker or watch is None or watch.failed is not None:
             logger.debug(f"{link.service}: error of a provider not speaking: {frame.error}")
             return
-        if watch.idle and not watch.requested and self._held is None and self._ledger.empty:
-            # Nothing owed: the error is the service's own business, as it would be bare.
+        nothing_owed = not self._ledger.unheard_text() and not self._ledger.owed_frames()
+        all_heard = watch.idle and watch.requested and watch.audible
+        if (nothing_owed and (watch.idle or watch.audible)) or all_heard:
+            # Nothing owed, or the error came after the last word asked for was
+            # heard: it is the service's own business, as it would be bare.
             await self._hooks.push_upstream(frame)
             return
         usable = frame.processor.is_usable if frame.processor else True

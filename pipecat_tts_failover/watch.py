@@ -115,19 +115,9 @@ class SpeechWatch:
         # The frame of the word last started.
         self.current_word_id: int | None = None
 
-    @property
-    def speaking(self) -> bool:
-        """Whether a request's words are being spoken."""
-        return self._segment is not None
-
     def segment_done(self, segment_id: int) -> bool:
         """Whether the segment of this announcement was spoken to its last word."""
         return segment_id in self._done_segments
-
-    @property
-    def pending(self) -> int:
-        """How many requests are not yet spoken in full."""
-        return sum(self._requests.values())
 
     @property
     def awaiting_audio(self) -> bool:
