@@ -221,12 +221,14 @@ class Relay:
             )
             changed = asyncio.ensure_future(self._speaker_changed.wait())
             await asyncio.wait({came_out, changed}, return_when=asyncio.FIRST_COMPLETED)
-            changed.cancel()
-            if self.speaker is speaker and (came_out.done() or speaker.cancelled):
+            done = came_out.done()
+            for waiter in (came_out, changed):
+                waiter.cancel()
+            await asyncio.gather(came_out, changed, return_exceptions=True)
+            if self.speaker is speaker and (done or speaker.cancelled):
                 # Everything was spoken, or every provider failed what was owed.
                 await self._cancel_failover()
                 break
-            came_out.cancel()
             if loop.time() >= deadline:
                 logger.warning(f"{self._name}: the end of the call came before all was spoken")
                 break
@@ -581,6 +583,8 @@ class Relay:
         return self._release is not None and not self._release.done()
 
     async def _release_after_step(self, watch: SpeechWatch):
+        """Judge the held end of an audio context once the step that pushed it is over."""
+        # One turn of the loop: an error pushed in the same step has arrived by then.
         await asyncio.sleep(0)
         if watch is not self._watch or watch.failed is not None or self._held is None:
             return
