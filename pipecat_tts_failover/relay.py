@@ -604,6 +604,10 @@ class Relay:
 
     async def _emit(self, frame: Frame):
         """Pass on a frame of the speaker's, as one stream with what came before."""
+        if isinstance(frame, TTSAudioRawFrame) and not self._context_map:
+            # The audio path: nothing of the ledger or the splice concerns it.
+            await self._hooks.push(frame)
+            return
         if frame.id in self._made_up:
             self._made_up.discard(frame.id)
             return
