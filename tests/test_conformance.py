@@ -40,8 +40,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_text_processor import LLMTextProcessor
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.services.cartesia.tts import CartesiaHttpTTSService, CartesiaTTSService
-from pipecat.services.elevenlabs.tts import ElevenLabsHttpTTSService, ElevenLabsTTSService
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.text.base_text_aggregator import TextType
@@ -60,7 +58,7 @@ from tests.support.conformance import (
     until,
     wrap,
 )
-from tests.support.emulators import API_KEY, STOP_FRAME_TIMEOUT_S
+from tests.support.integration import Providers
 from tests.support.scripted import decode_audio
 
 TRANSPORTS = ["http", "ws"]
@@ -394,44 +392,8 @@ Kind = str
 KINDS = ["cartesia_ws", "cartesia_http", "elevenlabs_ws", "elevenlabs_http"]
 
 
-@dataclass
-class Emulators:
-    cartesia: CartesiaEmulator
-    elevenlabs: ElevenLabsEmulator
-    session: aiohttp.ClientSession
-
-    def service(self, kind: Kind, **kwargs) -> TTSService:
-        """pipecat's real service of ``kind``, pointed at its emulator."""
-        kwargs.setdefault("stop_frame_timeout_s", STOP_FRAME_TIMEOUT_S)
-        voice = kwargs.pop("voice", "emulated-voice")
-        if kind == "cartesia_ws":
-            return CartesiaTTSService(
-                api_key=API_KEY,
-                url=self.cartesia.websocket_url,
-                settings=CartesiaTTSService.Settings(voice=voice),
-                **kwargs,
-            )
-        if kind == "cartesia_http":
-            return CartesiaHttpTTSService(
-                api_key=API_KEY,
-                base_url=self.cartesia.http_url,
-                settings=CartesiaHttpTTSService.Settings(voice=voice),
-                **kwargs,
-            )
-        if kind == "elevenlabs_ws":
-            return ElevenLabsTTSService(
-                api_key=API_KEY,
-                url=self.elevenlabs.ws_url,
-                settings=ElevenLabsTTSService.Settings(voice=voice),
-                **kwargs,
-            )
-        return ElevenLabsHttpTTSService(
-            api_key=API_KEY,
-            base_url=self.elevenlabs.http_url,
-            aiohttp_session=self.session,
-            settings=ElevenLabsHttpTTSService.Settings(voice=voice),
-            **kwargs,
-        )
+# Both emulators and an HTTP session; ``service(kind, ...)`` builds pipecat's real service.
+Emulators = Providers
 
 
 @contextlib.asynccontextmanager

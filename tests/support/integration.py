@@ -186,7 +186,12 @@ class Providers:
         return self.cartesia if provider_of(kind) == "cartesia" else self.elevenlabs
 
     def service(
-        self, kind: Kind, *, stop_frame_timeout_s: float | None = STOP_FRAME_TIMEOUT_S
+        self,
+        kind: Kind,
+        *,
+        stop_frame_timeout_s: float | None = STOP_FRAME_TIMEOUT_S,
+        voice: str = VOICE,
+        **kwargs,
     ) -> TTSService:
         """A pipecat service of ``kind`` pointed at its emulator.
 
@@ -195,37 +200,38 @@ class Providers:
             stop_frame_timeout_s: pipecat's wait for more audio before it ends a
                 sentence by itself; short by default so broken sentences end
                 quickly, None for pipecat's default.
+            voice: The voice asked for (the emulators accept any unless told otherwise).
+            **kwargs: More arguments for the service (``sample_rate``, say).
         """
-        timeout = (
-            {} if stop_frame_timeout_s is None else {"stop_frame_timeout_s": stop_frame_timeout_s}
-        )
+        if stop_frame_timeout_s is not None:
+            kwargs["stop_frame_timeout_s"] = stop_frame_timeout_s
         if kind == "cartesia_ws":
             return CartesiaTTSService(
                 api_key=API_KEY,
                 url=self.cartesia.websocket_url,
-                settings=CartesiaTTSService.Settings(voice=VOICE),
-                **timeout,
+                settings=CartesiaTTSService.Settings(voice=voice),
+                **kwargs,
             )
         if kind == "cartesia_http":
             return CartesiaHttpTTSService(
                 api_key=API_KEY,
                 base_url=self.cartesia.http_url,
-                settings=CartesiaHttpTTSService.Settings(voice=VOICE),
-                **timeout,
+                settings=CartesiaHttpTTSService.Settings(voice=voice),
+                **kwargs,
             )
         if kind == "elevenlabs_ws":
             return ElevenLabsTTSService(
                 api_key=API_KEY,
                 url=self.elevenlabs.ws_url,
-                settings=ElevenLabsTTSService.Settings(voice=VOICE),
-                **timeout,
+                settings=ElevenLabsTTSService.Settings(voice=voice),
+                **kwargs,
             )
         return ElevenLabsHttpTTSService(
             api_key=API_KEY,
             base_url=self.elevenlabs.http_url,
             aiohttp_session=self.session,
-            settings=ElevenLabsHttpTTSService.Settings(voice=VOICE),
-            **timeout,
+            settings=ElevenLabsHttpTTSService.Settings(voice=voice),
+            **kwargs,
         )
 
     def requests(self, kind: Kind) -> list[str]:
