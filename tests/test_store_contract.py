@@ -13,6 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
 from pipecat_tts_failover.store import Controls, HealthStore, InMemoryHealthStore
 from tests.support.redis_server import (
     RedisCluster,
@@ -99,6 +100,41 @@ def store(handles) -> HealthStore:
     return handles()
 
 
+def rules(**numbers) -> HealthPolicy:
+    """A health policy whose rules stay quiet except those a test sets, without jitter."""
+    return HealthPolicy(**{"consecutive": 1000, "min_volume": 1000, "jitter": 0.0, **numbers})
+
+
+QUIET = rules()
+
+
+def peers_of(provider_id: str) -> list[str]:
+    return [p for p in PROVIDERS if p != provider_id]
+
+
+async def failed(
+    store: HealthStore,
+    provider_id: str,
+    reason: FailureReason = FailureReason.ERROR,
+    *,
+    policy: HealthPolicy = QUIET,
+    draw: float = 0.0,
+) -> AttemptVerdict:
+    """Record a failed attempt, with the other providers of PROVIDERS as its peers."""
+    return await store.record_attempt(
+        provider_id, reason, policy=policy, peers=peers_of(provider_id), draw=draw
+    )
+
+
+async def spoke(store: HealthStore, provider_id: str, *, policy: HealthPolicy = QUIET):
+    """Record an attempt that spoke."""
+    return await store.record_attempt(provider_id, None, policy=policy, peers=peers_of(provider_id))
+
+
+async def health_of(store: HealthStore, provider_id: str):
+    return (await store.get([provider_id]))[provider_id]
+
+
 async def test_store_satisfies_the_protocol(store):
     assert isinstance(store, HealthStore)
 
@@ -113,6 +149,11 @@ async def test_unknown_providers_read_as_healthy(store):
         assert health[pid].reason is None
         assert health[pid].since is None
         assert health[pid].failures == 0
+        assert (health[pid].attempts, health[pid].window_failures, health[pid].ejections) == (
+            0,
+            0,
+            0,
+        )
 
 
 async def test_get_returns_exactly_the_requested_providers(store):
@@ -120,31 +161,6 @@ async def test_get_returns_exactly_the_requested_providers(store):
 
     assert set(await store.get(["elevenlabs"])) == {"elevenlabs"}
     assert await store.get([]) == {}
-
-
-async def test_failures_are_counted_consecutively_per_provider(store):
-    assert [await store.record_failure("cartesia", FailureReason.ERROR) for _ in range(3)] == [
-        1,
-        2,
-        3,
-    ]
-    assert await store.record_failure("elevenlabs", FailureReason.STALLED) == 1
-
-    health = await store.get(PROVIDERS)
-    assert health["cartesia"].failures == 3
-    assert health["elevenlabs"].failures == 1
-
-
-async def test_a_success_resets_the_failure_count(store):
-    await store.record_failure("cartesia", FailureReason.ERROR)
-    await store.record_failure("cartesia", FailureReason.ERROR)
-
-    await store.record_success("cartesia")
-    await store.record_success("never-seen")
-
-    assert (await store.get(["cartesia"]))["cartesia"].failures == 0
-    assert (await store.get(["never-seen"]))["never-seen"].failures == 0
-    assert await store.record_failure("cartesia", FailureReason.ERROR) == 1
 
 
 async def test_mark_down_records_its_reason_start_and_end(store, clock):
@@ -181,7 +197,7 @@ async def test_mark_down_is_true_only_for_the_caller_that_took_the_provider_down
 
 
 async def test_a_mark_down_ends_after_its_cooldown(store, clock):
-    await store.record_failure("cartesia", FailureReason.ERROR)
+    await failed(store, "cartesia")
     await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
 
     clock.advance(29.9)
@@ -206,7 +222,7 @@ async def test_mark_up_is_true_only_when_the_provider_was_down(handles):
 
 
 async def test_mark_up_clears_the_failure_count(store):
-    await store.record_failure("cartesia", FailureReason.ERROR)
+    await failed(store, "cartesia")
     await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
 
     await store.mark_up("cartesia")
@@ -228,11 +244,15 @@ async def test_a_change_made_through_one_handle_is_seen_through_another(handles,
     await reader.get(PROVIDERS)  # started before the change: it must learn of it
 
     await writer.mark_down("elevenlabs", reason=FailureReason.SILENT_AUDIO, cooldown=30)
-    await writer.record_failure("cartesia", FailureReason.ERROR)
+    await failed(writer, "cartesia")
+    await spoke(writer, "cartesia")
+    await failed(writer, "cartesia")
 
     async def seen():
         health = await reader.get(PROVIDERS)
-        return health["elevenlabs"].is_down(clock()) and health["cartesia"].failures == 1
+        cartesia = health["cartesia"]
+        evidence = (cartesia.failures, cartesia.attempts, cartesia.window_failures)
+        return health["elevenlabs"].is_down(clock()) and evidence == (1, 3, 2)
 
     await eventually(seen, what="the change to reach the other handle")
 
@@ -247,7 +267,7 @@ async def test_a_change_made_through_one_handle_is_seen_through_another(handles,
 async def test_provider_ids_are_opaque_strings(store, clock):
     odd = "eleven labs/v2:{shard}*"
 
-    assert await store.record_failure(odd, FailureReason.ERROR) == 1
+    assert (await failed(store, odd)).consecutive == 1
     assert await store.mark_down(odd, reason=FailureReason.ERROR, cooldown=30)
 
     assert (await store.get([odd]))[odd].is_down(clock())
@@ -260,6 +280,256 @@ async def test_one_id_given_as_a_string_is_refused_not_read_letter_by_letter(sto
         await store.register_providers("cartesia")
     with pytest.raises(TypeError, match="provider_ids holds int"):
         await store.get(["cartesia", 3])
+
+
+# -- record_attempt: the fleet's evidence and when it ejects -----------------
+
+
+async def test_failed_attempts_in_a_row_eject_at_the_consecutive_limit(store, clock):
+    policy = rules(consecutive=3)
+
+    first = await failed(store, "cartesia", policy=policy)
+    await failed(store, "elevenlabs", policy=policy)  # another provider's run is its own
+    second = await failed(store, "cartesia", FailureReason.STALLED, policy=policy)
+    assert (first.ejected, first.consecutive, second.ejected, second.consecutive) == (
+        False,
+        1,
+        False,
+        2,
+    )
+    assert not (await health_of(store, "cartesia")).is_down(clock())
+
+    third = await failed(store, "cartesia", FailureReason.NO_FIRST_AUDIO, policy=policy)
+
+    assert (third.ejected, third.rule, third.spared) == (True, "consecutive", False)
+    assert third.down_until == clock() + policy.ejection
+    assert (third.consecutive, third.ejections) == (0, 1)  # the evidence starts afresh
+    health = await health_of(store, "cartesia")
+    assert health.is_down(clock())
+    assert (health.down_until, health.since) == (clock() + policy.ejection, clock())
+    assert health.reason is FailureReason.NO_FIRST_AUDIO
+    assert (health.failures, health.attempts, health.window_failures, health.ejections) == (
+        0,
+        0,
+        0,
+        1,
+    )
+    assert (await health_of(store, "elevenlabs")).failures == 1
+
+
+async def test_an_attempt_that_spoke_ends_the_run_of_failures(store):
+    policy = rules(consecutive=3)
+    await failed(store, "cartesia", policy=policy)
+    await failed(store, "cartesia", policy=policy)
+
+    verdict = await spoke(store, "cartesia", policy=policy)
+    assert (verdict.consecutive, verdict.attempts, verdict.failures) == (0, 3, 2)
+    assert (await health_of(store, "cartesia")).failures == 0
+
+    for expected in (1, 2):
+        verdict = await failed(store, "cartesia", policy=policy)
+        assert (verdict.ejected, verdict.consecutive) == (False, expected)
+    assert (await spoke(store, "never-seen", policy=policy)).consecutive == 0
+
+
+async def test_the_failure_rate_ejects_only_once_the_window_has_its_volume(store, clock):
+    policy = rules(failure_rate=0.5, min_volume=10)
+
+    # Nine failures in nine attempts: every one failed, but too few to judge by.
+    for _ in range(9):
+        assert not (await failed(store, "cartesia", policy=policy)).ejected
+    health = await health_of(store, "cartesia")
+    assert (health.attempts, health.window_failures, health.is_down(clock())) == (9, 9, False)
+
+    tenth = await failed(store, "cartesia", policy=policy)
+
+    assert (tenth.ejected, tenth.rule) == (True, "rate")
+    assert tenth.down_until == clock() + policy.ejection
+
+
+async def test_the_failure_rate_ejects_at_its_threshold_and_not_below(store):
+    policy = rules(failure_rate=0.5, min_volume=10)
+
+    # One attempt in three failed, well past the volume: no ejection.
+    for _ in range(5):
+        assert not (await failed(store, "elevenlabs", policy=policy)).ejected
+        await spoke(store, "elevenlabs", policy=policy)
+        await spoke(store, "elevenlabs", policy=policy)
+    assert (await health_of(store, "elevenlabs")).window_failures == 5
+    # Half of the attempts failed, never two in a row: the tenth attempt ejects.
+    verdicts = []
+    for _ in range(5):
+        await spoke(store, "cartesia", policy=policy)
+        verdicts.append(await failed(store, "cartesia", policy=policy))
+    assert [(v.ejected, v.rule, v.consecutive) for v in verdicts[:4]] == [(False, None, 1)] * 4
+    assert (verdicts[4].ejected, verdicts[4].rule) == (True, "rate")
+
+
+async def test_attempts_older_than_the_window_no_longer_count(store, clock):
+    policy = rules(failure_rate=0.5, min_volume=10, window=30, bucket=5)
+    assert clock() % 5 == 0  # at the start of a bucket
+    for _ in range(8):
+        await failed(store, "cartesia", policy=policy)
+
+    clock.advance(25)  # the eight are in the oldest bucket of the window
+    assert (await spoke(store, "cartesia", policy=policy)).attempts == 9
+
+    clock.advance(5)  # now they are older than the window
+    verdict = await failed(store, "cartesia", policy=policy)
+
+    # Had the eight still counted: 10 attempts, 9 failed, and an ejection.
+    assert (verdict.ejected, verdict.attempts, verdict.failures) == (False, 2, 1)
+    health = await health_of(store, "cartesia")
+    assert (health.attempts, health.window_failures, health.is_down(clock())) == (2, 1, False)
+
+
+async def test_a_permanent_failure_ejects_at_once_even_the_last_provider_up(store, clock):
+    permanent = [reason for reason in FailureReason if reason.is_permanent]
+    assert FailureReason.UNUSABLE in permanent
+    assert not FailureReason.ERROR.is_permanent
+    # Every peer is down: only a permanent failure may eject past the panic floor.
+    await store.mark_down("elevenlabs", reason=FailureReason.ERROR, cooldown=600)
+
+    for reason in permanent:
+        pid = f"cartesia-{reason.value}"
+        verdict = await store.record_attempt(pid, reason, policy=QUIET, peers=["elevenlabs"])
+        assert (verdict.ejected, verdict.rule, verdict.spared) == (True, "permanent", False)
+        health = await health_of(store, pid)
+        assert health.is_down(clock()) and health.reason is reason
+
+
+async def test_the_panic_floor_never_ejects_the_last_provider_up(store, clock):
+    policy = rules(consecutive=2)
+    await store.mark_down("elevenlabs", reason=FailureReason.ERROR, cooldown=60)
+
+    await failed(store, "cartesia", policy=policy)
+    spared = await failed(store, "cartesia", policy=policy)
+
+    assert (spared.ejected, spared.rule, spared.spared) == (False, None, True)
+    assert spared.consecutive == 2  # the evidence stands
+    assert not (await health_of(store, "cartesia")).is_down(clock())
+
+    # Once a peer is up again (its mark-down ran out), the evidence ejects.
+    clock.advance(61)
+    verdict = await failed(store, "cartesia", policy=policy)
+    assert (verdict.ejected, verdict.rule, verdict.spared) == (True, "consecutive", False)
+
+
+async def test_a_provider_without_peers_is_not_ejected_for_its_evidence(store, clock):
+    policy = rules(consecutive=1)
+
+    alone = await store.record_attempt("cartesia", FailureReason.ERROR, policy=policy, peers=[])
+    itself = await store.record_attempt(
+        "cartesia", FailureReason.ERROR, policy=policy, peers=["cartesia"]
+    )
+
+    assert [(v.ejected, v.spared) for v in (alone, itself)] == [(False, True)] * 2
+    assert not (await health_of(store, "cartesia")).is_down(clock())
+
+
+async def test_exactly_one_of_many_concurrent_writers_ejects_per_incident(handles, clock):
+    workers = [handles() for _ in range(6)]
+    policy = rules(consecutive=3)
+
+    for incident in (1, 2):
+        verdicts = await asyncio.gather(
+            *(failed(w, "cartesia", policy=policy) for w in workers for _ in range(5))
+        )
+
+        assert [v.ejected for v in verdicts].count(True) == 1
+        # Thirty failures, none lost: a run of 3 ejects, then 27 more while it is down.
+        assert sorted(v.consecutive for v in verdicts) == [0, 1, 1, 2, 2, *range(3, 28)]
+        (ejection,) = [v for v in verdicts if v.ejected]
+        assert ejection.ejections == incident
+        assert ejection.down_until == clock() + policy.ejection * incident
+
+        async def seen(incident=incident):
+            views = await asyncio.gather(*(w.get(["cartesia"]) for w in workers))
+            return all(
+                v["cartesia"].is_down(clock()) and v["cartesia"].ejections == incident
+                for v in views
+            )
+
+        await eventually(seen, what="every handle to see the ejection")
+        assert [await w.mark_up("cartesia") for w in workers].count(True) == 1
+
+
+async def test_attempts_on_a_provider_already_ejected_do_not_eject_it_again(store, clock):
+    policy = rules(consecutive=1)
+    first = await failed(store, "cartesia", policy=policy)
+    clock.advance(1)
+
+    later = [await failed(store, "cartesia", reason, policy=policy) for reason in FailureReason]
+
+    assert first.ejected and not any(v.ejected for v in later)
+    assert {v.down_until for v in later} == {first.down_until}
+    assert (await health_of(store, "cartesia")).reason is FailureReason.ERROR
+
+
+async def test_each_ejection_lasts_longer_up_to_the_cap(store, clock):
+    policy = rules(consecutive=1, ejection=30, max_ejection=70)
+
+    lengths = []
+    for _ in range(4):
+        verdict = await failed(store, "cartesia", policy=policy)
+        assert verdict.ejected
+        lengths.append(verdict.down_until - clock())
+        clock.advance(verdict.down_until - clock() + 1)
+
+    assert lengths == [30, 60, 70, 70]
+    assert (await health_of(store, "cartesia")).ejections == 4
+
+
+async def test_an_ejection_s_length_varies_by_the_jitter_drawn(store, clock):
+    policy = rules(consecutive=1, ejection=30, jitter=0.2)
+
+    short = await failed(store, "cartesia", policy=policy, draw=-1.0)
+    await store.mark_up("cartesia")  # so the panic floor does not spare elevenlabs
+    long = await failed(store, "elevenlabs", policy=policy, draw=0.5)
+
+    assert short.down_until == clock() + policy.ejection_seconds(1, -1.0)
+    assert long.down_until == clock() + policy.ejection_seconds(1, 0.5)
+    assert short.down_until < clock() + 30 < long.down_until
+
+
+async def test_past_ejections_are_forgiven_after_a_healthy_spell(store, clock):
+    policy = rules(consecutive=1, ejection=30, max_ejection=300, forgive_after=300)
+    await failed(store, "cartesia", policy=policy)
+    clock.advance(31)
+    assert (await failed(store, "cartesia", policy=policy)).ejections == 2
+
+    clock.advance(300)  # one is forgiven
+    assert (await spoke(store, "cartesia", policy=policy)).ejections == 1
+    assert (await health_of(store, "cartesia")).ejections == 1
+    third = await failed(store, "cartesia", policy=policy)
+    assert (third.ejections, third.down_until - clock()) == (2, 60)
+
+    clock.advance(60 + 600)  # both are
+    assert (await spoke(store, "cartesia", policy=policy)).ejections == 0
+    fourth = await failed(store, "cartesia", policy=policy)
+    assert (fourth.ejections, fourth.down_until - clock()) == (1, 30)
+
+
+async def test_mark_up_keeps_the_ejection_history_and_ends_the_run(store, clock):
+    policy = rules(consecutive=1, ejection=30)
+    await failed(store, "cartesia", policy=policy)
+
+    assert await store.mark_up("cartesia") is True
+
+    health = await health_of(store, "cartesia")
+    assert (health.down_until, health.failures, health.ejections) == (None, 0, 1)
+    again = await failed(store, "cartesia", policy=policy)
+    assert (again.ejected, again.ejections, again.down_until - clock()) == (True, 2, 60)
+
+    # A run of failures ends at a mark-up; the window's counts stay.
+    policy = rules(consecutive=3)
+    await failed(store, "elevenlabs", policy=policy)
+    await failed(store, "elevenlabs", policy=policy)
+    await store.mark_up("elevenlabs")
+    health = await health_of(store, "elevenlabs")
+    assert (health.failures, health.attempts, health.window_failures) == (0, 2, 2)
+    verdict = await failed(store, "elevenlabs", policy=policy)
+    assert (verdict.ejected, verdict.consecutive, verdict.attempts) == (False, 1, 3)
 
 
 # -- registered providers: which ids the workers use ---------------------------

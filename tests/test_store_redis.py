@@ -6,7 +6,9 @@ above the op timeout); precise figures belong to the benchmarks.
 """
 
 import asyncio
+import collections
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,8 @@ import redis.asyncio as aioredis
 
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.errors import HealthStoreError
-from pipecat_tts_failover.store import Controls, HealthStore
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
+from pipecat_tts_failover.store import Controls, HealthStore, InMemoryHealthStore
 from pipecat_tts_failover.store._redis_scripts import Keys, script_source
 from pipecat_tts_failover.store.redis import RedisHealthStore, mask_url
 from tests.support.redis_server import (
@@ -68,6 +71,26 @@ async def stores():
     yield make
     for store in made:
         await store.close()
+
+
+# Rules that never eject: these tests are about counting, not ejecting.
+COUNT_ONLY = HealthPolicy(consecutive=10_000, min_volume=10_000, window=3600, bucket=600)
+
+
+async def failed(
+    store: HealthStore,
+    provider_id: str,
+    reason: FailureReason = FailureReason.ERROR,
+    *,
+    policy: HealthPolicy = COUNT_ONLY,
+    peers: tuple[str, ...] = ("rime",),
+) -> AttemptVerdict:
+    """Record a failed attempt (by default one that ejects nothing)."""
+    return await store.record_attempt(provider_id, reason, policy=policy, peers=peers)
+
+
+async def spoke(store: HealthStore, provider_id: str) -> AttemptVerdict:
+    return await store.record_attempt(provider_id, None, policy=COUNT_ONLY, peers=("rime",))
 
 
 async def is_down(store: HealthStore, provider_id: str) -> bool:
@@ -228,9 +251,10 @@ async def test_a_prefix_with_its_own_hash_tag_is_kept(shared_server, stores):
     store = stores(shared_server.url, key_prefix="{fleet-a}:tts")
     raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
 
-    await store.record_failure("cartesia", FailureReason.ERROR)
+    await failed(store, "cartesia")
 
     assert await raw.hget("{fleet-a}:tts:provider:cartesia", "failures") == "1"
+    assert await raw.hgetall("{fleet-a}:tts:window:cartesia") != {}
     await raw.aclose()
 
 
@@ -249,21 +273,67 @@ async def test_get_answers_from_the_local_view_without_a_round_trip(shared_serve
     await raw.aclose()
 
 
-async def test_a_success_with_no_failures_known_makes_no_round_trip(shared_server, stores):
+async def test_an_attempt_is_one_script_call(shared_server, stores):
     store = stores(shared_server.url)
     assert await store.connect()
     raw = aioredis.Redis.from_url(shared_server.url)
 
-    before = (await raw.info("stats"))["total_commands_processed"]
-    for _ in range(200):
-        await store.record_success("cartesia")
-    after = (await raw.info("stats"))["total_commands_processed"]
-    assert after - before <= 2  # our own INFO, and perhaps a subscription PING
+    async def script_calls() -> tuple[int, int]:
+        stats = await raw.info("commandstats")
+        return tuple(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
 
-    # With failures known, the success still resets them for the fleet.
-    await store.record_failure("cartesia", FailureReason.ERROR)
-    await store.record_success("cartesia")
-    assert await raw.hget(f"{{{store._keys.prefix}}}:provider:cartesia", "failures") == b"0"
+    before = await script_calls()
+    for i in range(100):
+        await store.record_attempt(
+            "cartesia",
+            FailureReason.ERROR if i % 2 else None,
+            policy=HealthPolicy(),
+            peers=["elevenlabs", "rime"],
+        )
+    after = await script_calls()
+
+    # One EVALSHA per attempt: no separate read, no script loaded on the way.
+    assert (after[0] - before[0], after[1] - before[1]) == (100, 0)
+    await raw.aclose()
+
+
+async def test_an_attempt_keeps_its_evidence_on_hash_tagged_keys_and_publishes_it(
+    shared_server, stores
+):
+    store = stores(shared_server.url, key_prefix="evidence")
+    raw = aioredis.Redis.from_url(shared_server.url, decode_responses=True)
+    listener = raw.pubsub()
+    await listener.subscribe("{evidence}:events")
+    assert await store.connect()
+    policy = HealthPolicy(consecutive=2)
+
+    await failed(store, "cartesia", policy=policy, peers=("elevenlabs",))
+    window = await raw.hgetall("{evidence}:window:cartesia")
+    assert len(window) == 2 and {k[:2] for k in window} == {"a:", "f:"}
+    assert 0 < await raw.ttl("{evidence}:window:cartesia") <= policy.window + policy.bucket + 1
+    message = await eventually(
+        lambda: listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+    )
+    assert json.loads(message["data"]) == {
+        "p": "cartesia",
+        "rev": 1,
+        "failures": 1,
+        "attempts": 1,
+        "window_failures": 1,
+        "ejections": 0,
+    }
+
+    assert (await failed(store, "cartesia", policy=policy, peers=("elevenlabs",))).ejected
+    record = await raw.hgetall("{evidence}:provider:cartesia")
+    assert (record["ejections"], record["ejection_count"], record["failures"]) == ("1", "1", "0")
+    assert record["ejected_at"] == record["since"]
+    assert not await raw.exists("{evidence}:window:cartesia")  # the evidence starts afresh
+    message = await eventually(
+        lambda: listener.get_message(ignore_subscribe_messages=True, timeout=0.1)
+    )
+    assert json.loads(message["data"])["ejections"] == 1
+    assert json.loads(message["data"])["reason"] == "error"
+    await listener.aclose()
     await raw.aclose()
 
 
@@ -332,7 +402,7 @@ async def _controls_are(store, expected) -> bool:
 async def test_a_client_passed_in_is_left_open(shared_server, stores):
     client = aioredis.Redis.from_url(shared_server.url)
     store = stores(client=client)
-    await store.record_failure("cartesia", FailureReason.ERROR)
+    await failed(store, "cartesia")
 
     await store.close()
     await store.close()
@@ -351,7 +421,7 @@ async def test_an_acl_user_in_the_url_is_used_and_never_logged(server, stores):
         assert not await bad.connect(timeout=0.3)
         assert await good.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
         server.kill()
-        await good.record_failure("cartesia", FailureReason.ERROR)
+        await failed(good, "cartesia")
 
     text = "\n".join(r["message"] for r in logs) + repr(good) + repr(bad)
     assert "AuthenticationError" in text or "WRONGPASS" in text
@@ -385,6 +455,73 @@ async def test_rediss_urls_connect_over_tls(tmp_path, stores):
 
         assert await secure.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
         await eventually(lambda: is_down(plain, "cartesia"))
+
+
+# -- the same rules as in memory ------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_700_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_redis_reaches_every_verdict_the_memory_store_reaches(shared_server, stores):
+    # record_attempt.lua restates HealthWindow's rules; one random history (attempts
+    # of every kind, mark-downs and mark-ups, time jumping across buckets, windows
+    # and forgiveness) must give the same verdicts and records, to the last bit.
+    clock = FakeClock()
+    memory = InMemoryHealthStore(clock=clock)
+    redis_store = stores(shared_server.url, clock=clock, op_timeout=2.0)
+    assert await redis_store.connect()
+    policy = HealthPolicy(
+        consecutive=4,
+        min_volume=6,
+        window=10,
+        bucket=2.5,
+        ejection=8,
+        max_ejection=30,
+        jitter=0.2,
+        forgive_after=40,
+    )
+    rng = random.Random(13)
+    ids = ["cartesia", "elevenlabs", "rime"]
+    outcomes = [None, None, None, FailureReason.ERROR, FailureReason.STALLED]
+    seen = collections.Counter()
+    ejections = dict.fromkeys(ids, 0)
+    for step in range(3000):
+        pid = rng.choice(ids)
+        roll = rng.random()
+        if roll < 0.03:
+            results = [await s.mark_up(pid) for s in (memory, redis_store)]
+        elif roll < 0.12:
+            results = [
+                await s.mark_down(pid, reason=FailureReason.OPERATOR, cooldown=20)
+                for s in (memory, redis_store)
+            ]
+        else:
+            failure = FailureReason.UNUSABLE if roll > 0.99 else rng.choice(outcomes)
+            others = [p for p in ids if p != pid]
+            peers = rng.choice([others, others[:1], others[1:]])
+            draw = rng.uniform(-1, 1)
+            results = [
+                await s.record_attempt(pid, failure, policy=policy, peers=peers, draw=draw)
+                for s in (memory, redis_store)
+            ]
+            verdict = results[0]
+            seen[verdict.rule or ("spared" if verdict.spared else "none")] += 1
+            seen["forgiven"] += verdict.ejections < ejections[pid]
+            seen["longer"] += verdict.ejected and verdict.ejections >= 2
+            ejections[pid] = verdict.ejections
+        assert results[0] == results[1], step
+        assert await memory.get(ids) == await redis_store.get(ids), step
+        clock.now += rng.choice([0, 0, 0.1, 0.7, 1.3, 2.5, 6.1])
+
+    # The history exercised every rule, the panic floor and forgiveness.
+    assert all(seen[k] >= 5 for k in ("consecutive", "rate", "permanent", "spared")), seen
+    assert seen["forgiven"] >= 5 and seen["longer"] >= 5, seen
 
 
 # -- propagation -------------------------------------------------------------
@@ -446,6 +583,93 @@ async def test_workers_in_other_processes_share_one_incident(shared_server, stor
     await eventually(lambda: is_down(here, "cartesia"), timeout=2)
 
 
+ATTEMPTS_CHILD = """
+import asyncio, json, sys, time
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import HealthPolicy
+from pipecat_tts_failover.store.redis import RedisHealthStore
+
+async def main(url, prefix, count):
+    store = RedisHealthStore(url, key_prefix=prefix, op_timeout=2.0)
+    assert await store.connect(timeout=10)
+    policy = HealthPolicy(consecutive=5, min_volume=10_000, ejection=600, max_ejection=600)
+    print(json.dumps({"ready": True}), flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # "go": every worker starts at once
+    verdicts = []
+    for _ in range(count):
+        verdicts.append(
+            await store.record_attempt(
+                "cartesia", FailureReason.ERROR, policy=policy, peers=["elevenlabs"]
+            )
+        )
+    # This worker's view shows the ejection, whichever worker decided it.
+    deadline = time.monotonic() + 10
+    while not (await store.get(["cartesia"]))["cartesia"].is_down(time.time()):
+        assert time.monotonic() < deadline, "the ejection never reached this worker"
+        await asyncio.sleep(0.01)
+    health = (await store.get(["cartesia"]))["cartesia"]
+    print(json.dumps({
+        "ejected": sum(v.ejected for v in verdicts),
+        "rules": [v.rule for v in verdicts if v.ejected],
+        "down_until": health.down_until,
+        "ejections": health.ejections,
+    }), flush=True)
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+async def test_two_worker_processes_eject_a_provider_once_and_both_see_it(shared_server, stores):
+    prefix = f"procs-{uuid.uuid4().hex[:8]}"
+    here = stores(shared_server.url, key_prefix=prefix)
+    assert await here.connect()
+    count = 40
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            ATTEMPTS_CHILD,
+            shared_server.url,
+            prefix,
+            str(count),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for child in children:
+            line = await asyncio.wait_for(child.stdout.readline(), timeout=60)
+            assert json.loads(line) == {"ready": True}, (await child.stderr.read()).decode()
+        for child in children:
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+        outputs = [await asyncio.wait_for(c.communicate(), timeout=60) for c in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+    assert [c.returncode for c in children] == [0, 0], [err.decode() for _, err in outputs]
+    reports = [json.loads(out) for out, _ in outputs]
+    assert sum(r["ejected"] for r in reports) == 1, reports
+    assert [rule for r in reports for rule in r["rules"]] == ["consecutive"]
+    # Both workers saw the same ejection: one end, one ejection counted.
+    assert reports[0]["down_until"] == reports[1]["down_until"]
+    assert [r["ejections"] for r in reports] == [1, 1]
+
+    # No attempt lost between the processes: 5 in a row ejected, the rest came after.
+    async def settled():
+        health = (await here.get(["cartesia"]))["cartesia"]
+        return (health.failures, health.attempts, health.window_failures) == (2 * count - 5,) * 3
+
+    await eventually(settled, what="both workers' attempts to be counted")
+    assert await is_down(here, "cartesia")
+
+
 # -- concurrency -------------------------------------------------------------
 
 
@@ -453,10 +677,21 @@ async def test_many_workers_count_exactly_and_one_marks_each_incident_down(share
     workers = [stores(shared_server.url, op_timeout=5.0) for _ in range(30)]
     assert all(await asyncio.gather(*(w.connect() for w in workers)))
 
-    counts = await asyncio.gather(
-        *(w.record_failure("cartesia", FailureReason.ERROR) for w in workers for _ in range(10))
-    )
-    assert sorted(counts) == list(range(1, 301))
+    verdicts = await asyncio.gather(*(failed(w, "cartesia") for w in workers for _ in range(10)))
+    assert sorted(v.consecutive for v in verdicts) == list(range(1, 301))
+    assert sorted(v.attempts for v in verdicts) == list(range(1, 301))
+    await asyncio.gather(*(w.mark_up("cartesia") for w in workers))
+
+    ejecting = HealthPolicy(consecutive=1)
+    for incident in (1, 2, 3):
+        verdicts = await asyncio.gather(
+            *(failed(w, "cartesia", policy=ejecting, peers=("elevenlabs",)) for w in workers)
+        )
+        assert [v.ejected for v in verdicts].count(True) == 1
+        assert {v.down_until for v in verdicts} == {verdicts[0].down_until}
+        assert max(v.ejections for v in verdicts) == incident
+        ups = await asyncio.gather(*(w.mark_up("cartesia") for w in workers))
+        assert ups.count(True) == 1
 
     for _incident in range(3):
         downs = await asyncio.gather(
@@ -486,10 +721,15 @@ async def test_unreachable_at_start_answers_locally_then_writes_back(tmp_path, s
             store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
         )
         assert downed is True and took < PROMPT
+        policy = HealthPolicy(consecutive=3)
+        ejected = []
         for _ in range(20):
-            _, took = await timed(store.record_failure("elevenlabs", FailureReason.ERROR))
+            verdict, took = await timed(failed(store, "elevenlabs", policy=policy))
             assert took < PROMPT
-        assert await is_down(store, "cartesia")
+            ejected.append(verdict.ejected)
+        # Judged on the local view: the third failure in a row ejects, once.
+        assert ejected == [False, False, True] + [False] * 17
+        assert await is_down(store, "cartesia") and await is_down(store, "elevenlabs")
 
         with running(RedisServer(tmp_path / "late", port=port)):
             await eventually(lambda: store.connected, what="the store to reconnect")
@@ -497,7 +737,10 @@ async def test_unreachable_at_start_answers_locally_then_writes_back(tmp_path, s
             assert await other.connect()
             health = await other.get(["cartesia", "elevenlabs"])
             assert health["cartesia"].reason is FailureReason.ERROR
-            assert health["elevenlabs"].failures == 20
+            # The ejection is written back as a mark-down; the attempts are not.
+            assert health["elevenlabs"].is_down(time.time())
+            assert health["elevenlabs"].reason is FailureReason.ERROR
+            assert health["elevenlabs"].failures == 0
 
     assert len(messages(logs, "WARNING", "unavailable")) == 1
     assert len(messages(logs, "INFO", "reachable again")) == 1
@@ -554,10 +797,10 @@ async def test_killed_during_use_every_call_stays_prompt(server, stores):
         i = 0
         while not stop.is_set():
             started = time.monotonic()
-            await a.record_failure("cartesia", FailureReason.ERROR)
+            await failed(a, "cartesia")
             await a.get(["cartesia", "elevenlabs"])
             if i % 10 == 0:
-                await a.record_success("cartesia")
+                await spoke(a, "cartesia")
             slowest = max(slowest, time.monotonic() - started)
             i += 1
             await asyncio.sleep(0.001)
@@ -590,7 +833,7 @@ async def test_a_slow_redis_does_not_slow_callers(server, stores):
             a.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
         )
         assert downed is True and took < PROMPT
-        _, took = await timed(a.record_failure("cartesia", FailureReason.STALLED))
+        _, took = await timed(failed(a, "cartesia", FailureReason.STALLED))
         assert took < PROMPT
         assert await is_down(a, "cartesia")
     finally:
@@ -600,15 +843,15 @@ async def test_a_slow_redis_does_not_slow_callers(server, stores):
     assert not await b.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
 
 
-async def test_a_failure_that_reached_a_slow_redis_is_counted_once(server, stores):
+async def test_an_attempt_that_reached_a_slow_redis_is_counted_once(server, stores):
     a = stores(server.url)
     assert await a.connect()
 
     sleeper = server.sleep(0.5)
     try:
-        # Sent, but unanswered within op_timeout: the store counts it locally and
-        # owes it, while Redis runs the script once it wakes up.
-        assert await a.record_failure("cartesia", FailureReason.ERROR) == 1
+        # Sent, but unanswered within op_timeout: the store judges it on its
+        # local view, while Redis runs the script once it wakes up.
+        assert (await failed(a, "cartesia")).consecutive == 1
         assert not a.connected
     finally:
         await asyncio.to_thread(sleeper.wait, 5)
@@ -616,15 +859,18 @@ async def test_a_failure_that_reached_a_slow_redis_is_counted_once(server, store
     await eventually(lambda: a.connected, what="a to reconnect")
     b = stores(server.url)
     assert await b.connect()
-    assert (await b.get(["cartesia"]))["cartesia"].failures == 1
-    assert await a.record_failure("cartesia", FailureReason.ERROR) == 2
+    health = (await b.get(["cartesia"]))["cartesia"]
+    assert (health.failures, health.attempts) == (1, 1)
+    verdict = await failed(a, "cartesia")
+    assert (verdict.consecutive, verdict.attempts) == (2, 2)
 
 
 async def test_changes_made_in_an_outage_are_written_back_in_order(server, stores):
     a = stores(server.url)
     assert await a.connect()
-    await a.record_failure("elevenlabs", FailureReason.ERROR)
+    await failed(a, "elevenlabs")
     await a.mark_down("playht", reason=FailureReason.ERROR, cooldown=30)
+    ejecting = HealthPolicy(consecutive=3)
 
     # Asleep, Redis keeps its data: the write-back lands on top of it.
     sleeper = server.sleep(1.0)
@@ -633,11 +879,14 @@ async def test_changes_made_in_an_outage_are_written_back_in_order(server, store
         assert await a.mark_down("cartesia", reason=FailureReason.STALLED, cooldown=30)
         assert not a.connected
         assert await a.mark_up("cartesia")
-        await a.record_failure("cartesia", FailureReason.ERROR)
-        await a.record_failure("cartesia", FailureReason.ERROR)
-        # elevenlabs: its failure count reset, then one more failure.
-        await a.record_success("elevenlabs")
-        assert await a.record_failure("elevenlabs", FailureReason.ERROR) == 1
+        await failed(a, "cartesia")
+        await failed(a, "cartesia")
+        # elevenlabs: one failure known before; a success, then three in a row eject it.
+        assert (await spoke(a, "elevenlabs")).consecutive == 0
+        verdicts = [
+            await failed(a, "elevenlabs", FailureReason.STALLED, policy=ejecting) for _ in range(3)
+        ]
+        assert [v.ejected for v in verdicts] == [False, False, True]
         # playht: brought back up while Redis was away.
         assert await a.mark_up("playht")
         assert sleeper.poll() is None, "Redis woke up before the test was done"
@@ -648,9 +897,67 @@ async def test_changes_made_in_an_outage_are_written_back_in_order(server, store
     b = stores(server.url)
     assert await b.connect()
     health = await b.get(["cartesia", "elevenlabs", "playht"])
-    assert (health["cartesia"].down_until, health["cartesia"].failures) == (None, 2)
-    assert health["elevenlabs"].failures == 1
+    assert health["cartesia"].down_until is None
+    assert health["elevenlabs"].is_down(time.time())
+    assert health["elevenlabs"].reason is FailureReason.STALLED
     assert health["playht"].down_until is None
+    # The attempts themselves are not written back: Redis kept its own counts.
+    assert (health["cartesia"].failures, health["elevenlabs"].failures) == (0, 1)
+
+
+async def test_in_an_outage_attempts_are_judged_on_the_local_view(server, stores):
+    a = stores(server.url)
+    assert await a.connect()
+    policy = HealthPolicy(consecutive=3, ejection=30, jitter=0.0)
+    assert [(await failed(a, "cartesia", policy=policy)).ejected for _ in range(3)] == [
+        False,
+        False,
+        True,
+    ]
+    await a.mark_up("cartesia")
+    await failed(a, "cartesia", policy=policy)
+    await failed(a, "cartesia", policy=policy)
+
+    server.kill()
+    await eventually(lambda: not a.connected, what="the outage to be noticed")
+    # The fleet's run of two failures and its one past ejection carry into the outage.
+    verdict, took = await timed(failed(a, "cartesia", policy=policy))
+    assert took < PROMPT
+    assert (verdict.ejected, verdict.rule, verdict.ejections) == (True, "consecutive", 2)
+    assert verdict.down_until == pytest.approx(time.time() + 60, abs=5)
+    assert await is_down(a, "cartesia")
+    # The panic floor holds on the local view too: elevenlabs' only peer is down.
+    await failed(a, "elevenlabs", policy=policy, peers=("cartesia",))
+    await failed(a, "elevenlabs", policy=policy, peers=("cartesia",))
+    spared = await failed(a, "elevenlabs", policy=policy, peers=("cartesia",))
+    assert (spared.ejected, spared.spared) == (False, True)
+
+    server.start()  # empty: the ejection is written back as a mark-down
+    await eventually(lambda: a.connected, what="a to reconnect")
+    late = stores(server.url)
+    assert await late.connect()
+    assert await is_down(late, "cartesia") and not await is_down(late, "elevenlabs")
+
+
+async def test_each_outage_judges_from_what_redis_said_last(server, stores):
+    a = stores(server.url)
+    assert await a.connect()
+    policy = HealthPolicy(consecutive=3)
+
+    server.kill()
+    await eventually(lambda: not a.connected, what="the first outage to be noticed")
+    assert (await failed(a, "cartesia", policy=policy)).consecutive == 1
+    assert (await failed(a, "cartesia", policy=policy)).consecutive == 2
+    server.start()
+    await eventually(lambda: a.connected, what="a to reconnect")
+    # Redis never heard of those two: the view now says no failures in a row.
+    assert (await a.get(["cartesia"]))["cartesia"].failures == 0
+
+    server.kill()
+    await eventually(lambda: not a.connected, what="the second outage to be noticed")
+    verdict = await failed(a, "cartesia", policy=policy)
+
+    assert (verdict.ejected, verdict.consecutive) == (False, 1)
 
 
 async def test_a_mark_up_owed_from_an_outage_keeps_a_later_mark_down(shared_server):
@@ -758,12 +1065,12 @@ async def test_a_busy_event_loop_never_ends_the_caller_s_task(shared_server, sto
     assert await store.connect()
     escaped = []
     for i in range(40):
-        call = asyncio.create_task(store.record_failure("cartesia", FailureReason.ERROR))
+        call = asyncio.create_task(failed(store, "cartesia"))
         for _ in range(i % 5):  # let it get to different points of the round trip
             await asyncio.sleep(0)
         time.sleep(OP_TIMEOUT + 0.01)  # noqa: ASYNC251 - the point: a blocked loop
         try:
-            assert await call >= 1
+            assert (await call).consecutive >= 1
         except asyncio.CancelledError as e:
             escaped.append(type(e).__name__)
         await asyncio.sleep(0.005)
@@ -779,7 +1086,7 @@ async def test_an_outage_is_logged_once_and_the_recovery_once(server, stores):
         for outage in range(2):
             server.kill()
             for _ in range(30):
-                await store.record_failure("cartesia", FailureReason.ERROR)
+                await failed(store, "cartesia")
                 await store.get(["cartesia"])
             await store.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
             server.start()
@@ -817,8 +1124,11 @@ async def test_cluster_keeps_every_key_in_one_slot_and_propagates(cluster, store
     assert await a.connect() and await b.connect()
 
     assert await a.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
-    await a.record_failure("elevenlabs", FailureReason.ERROR)
+    ejecting = HealthPolicy(consecutive=2)
+    await failed(a, "elevenlabs", policy=ejecting, peers=("cartesia", "rime"))
+    assert (await failed(b, "elevenlabs", policy=ejecting, peers=("cartesia", "rime"))).ejected
     await eventually(lambda: is_down(b, "cartesia"))
+    await eventually(lambda: is_down(a, "elevenlabs"))
     assert not await b.mark_down("cartesia", reason=FailureReason.ERROR, cooldown=30)
 
     assert await a.try_lock("probe:cartesia", 30)
@@ -833,6 +1143,7 @@ async def test_cluster_keeps_every_key_in_one_slot_and_propagates(cluster, store
     raw = aioredis.Redis.from_url(cluster.url)
     keys = [
         "{fleet}:provider:cartesia",
+        "{fleet}:window:elevenlabs",
         "{fleet}:providers",
         "{fleet}:epoch",
         "{fleet}:controls",

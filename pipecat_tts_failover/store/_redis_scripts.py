@@ -3,35 +3,43 @@
 Every key shares one hash tag, so a Redis Cluster keeps them in one slot and
 the scripts may touch several at once::
 
-    {tts-failover}:provider:<id>   hash: rev, failures, down_until, reason, since
+    {tts-failover}:provider:<id>   hash: rev, failures (in a row), down_until, reason, since,
+                                   attempts, window_failures, ejections (as last written),
+                                   ejection_count, ejected_at (the ejection history)
+    {tts-failover}:window:<id>     hash: the health policy's time buckets, a:<index> attempts
+                                   and f:<index> failures (expires when idle)
     {tts-failover}:providers       set of the provider ids ever written
     {tts-failover}:registered      list of the provider ids workers use, in preference order
     {tts-failover}:epoch           token set once per dataset (detects data loss)
     {tts-failover}:controls        hash: rev, value (the operator's controls as JSON)
     {tts-failover}:lock:<name>     string: the holder's token, with a TTL
-    {tts-failover}:counted:<id>    a failed sentence already counted (expires)
     {tts-failover}:events          pub/sub channel: one JSON message per change
 
-A message is a provider's record (``{"p": id, "rev", "failures", ...}``) or
-the controls (``{"k": "controls", "rev", "value"}``); a store ignores what it
-does not understand, so versions can share a channel.
+A message is a provider's record (``{"p": id, "rev", "failures", "attempts",
+"window_failures", "ejections", ...}``) or the controls (``{"k": "controls",
+"rev", "value"}``); a store ignores what it does not understand and takes
+missing fields as 0, so versions can share a channel.
 
 Times are wall-clock seconds from the writing store's clock, passed to the
 scripts as arguments (not Redis ``TIME``), so the local view and Redis agree
-and tests can inject a clock.
+and tests can inject a clock. ``record_attempt.lua`` applies
+:class:`~pipecat_tts_failover.health.HealthWindow`'s rules with the same
+arithmetic, so a store in memory and one in Redis reach the same verdicts.
 """
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
 from pipecat_tts_failover.store._redis_view import ControlsRevision, Revision
 from pipecat_tts_failover.store.base import Controls, ProviderHealth
 
-RECORD_SCRIPTS = ("record_failure", "record_success", "mark_down", "mark_up", "extend_down")
+RECORD_SCRIPTS = ("record_attempt", "mark_down", "mark_up", "extend_down")
 """The scripts that change one provider's record; they share ``common.lua``."""
 
 SCRIPT_NAMES = (
@@ -42,6 +50,11 @@ SCRIPT_NAMES = (
     "register_providers",
 )
 """Every Lua script under ``store/lua/``."""
+
+# A record's fields in a reply, a snapshot row or a message: rev, failures,
+# down_until, reason, since, attempts, window_failures, ejections.
+_RECORD_FIELDS = 8
+_RECORD_END = 1 + _RECORD_FIELDS  # in a script's reply, after ``changed``
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +98,9 @@ class Keys:
         """The hash holding the operator's controls."""
         return f"{self.tag}:controls"
 
-    def counted(self, failure_id: str) -> str:
-        """The marker of a failed sentence Redis has counted."""
-        return f"{self.tag}:counted:{failure_id}"
+    def window(self, provider_id: str) -> str:
+        """The hash holding one provider's time buckets of attempts and failures."""
+        return f"{self.tag}:window:{provider_id}"
 
     def lock(self, name: str) -> str:
         """The key of a named lock."""
@@ -121,15 +134,54 @@ class Reply:
     changed: bool
     revision: Revision
 
-    @property
-    def failures(self) -> int:
-        """The consecutive failure count after the script."""
-        return self.revision.health.failures
-
 
 def parse_reply(provider_id: str, raw: Sequence[Any]) -> Reply:
-    """Parse ``{changed, rev, failures, down_until, reason, since}``."""
-    return Reply(bool(int(raw[0])), _revision(provider_id, raw[1:]))
+    """Parse a record script's reply: ``changed``, then the record (see ``common.lua``)."""
+    return Reply(bool(int(raw[0])), _revision(provider_id, raw[1:_RECORD_END]))
+
+
+def attempt_args(
+    failure: FailureReason | None, policy: HealthPolicy, draw: float, now: float
+) -> list[Any]:
+    """``record_attempt.lua``'s arguments after the channel and provider id.
+
+    Floats go as ``repr``, which Lua reads back to the same double.
+    """
+    return [
+        repr(float(now)),
+        failure.value if failure is not None else "",
+        "1" if failure is not None and failure.is_permanent else "",
+        policy.consecutive,
+        repr(float(policy.failure_rate)),
+        policy.min_volume,
+        repr(float(policy.bucket)),
+        policy.buckets,
+        repr(float(policy.ejection)),
+        repr(float(policy.max_ejection)),
+        repr(float(policy.jitter)),
+        repr(float(policy.forgive_after)),
+        repr(float(draw)),
+        # The window hash outlives its oldest bucket; it is tidying, not a rule.
+        math.ceil(policy.buckets * policy.bucket) + 1,
+    ]
+
+
+def parse_verdict(provider_id: str, raw: Sequence[Any]) -> tuple[AttemptVerdict, Revision]:
+    """Parse ``record_attempt.lua``'s reply: the record, then the rule and whether it was spared."""
+    reply = parse_reply(provider_id, raw)
+    rule = _text(raw[_RECORD_END]) or None
+    health = reply.revision.health
+    verdict = AttemptVerdict(
+        ejected=reply.changed,
+        rule=rule,
+        down_until=health.down_until,
+        spared=bool(int(raw[_RECORD_END + 1])),
+        consecutive=health.failures,
+        attempts=health.attempts,
+        failures=health.window_failures,
+        ejections=health.ejections,
+    )
+    return verdict, reply.revision
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +224,16 @@ def parse_message(data: str | bytes) -> Revision | ControlsRevision:
         m = json.loads(data)
         if m.get("k") == "controls":
             return ControlsRevision(decode_controls(m["value"]), int(m["rev"]))
-        fields = [m["rev"], m["failures"], m.get("down_until"), m.get("reason"), m.get("since")]
+        fields = [
+            m["rev"],
+            m["failures"],
+            m.get("down_until"),
+            m.get("reason"),
+            m.get("since"),
+            m.get("attempts"),
+            m.get("window_failures"),
+            m.get("ejections"),
+        ]
         return _revision(str(m["p"]), fields)
     except (AttributeError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"unexpected health message: {e!r}") from e
@@ -217,13 +278,16 @@ def decode_registered(raw: Any) -> list[str]:
 
 
 def _revision(provider_id: str, fields: Sequence[Any]) -> Revision:
-    rev, failures, down_until, reason, since = fields
+    rev, failures, down_until, reason, since, attempts, window_failures, ejections = fields
     health = ProviderHealth(
         provider_id,
         down_until=_float(down_until),
         reason=_reason(reason) if down_until is not None and reason is not None else None,
         since=_float(since),
         failures=int(failures or 0),
+        attempts=int(attempts or 0),
+        window_failures=int(window_failures or 0),
+        ejections=int(ejections or 0),
     )
     return Revision(health, int(rev or 0))
 

@@ -6,10 +6,11 @@ owes) while Redis is away.
 """
 
 import dataclasses
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy, HealthWindow
 from pipecat_tts_failover.store.base import Controls, ProviderHealth
 
 
@@ -43,7 +44,7 @@ class ControlsRevision:
 class LocalView:
     """Every provider's last known record, and the operator's controls.
 
-    Changes made while Redis is away (``count_failure``, ``mark_down``...)
+    Changes made while Redis is away (``record_attempt``, ``mark_down``...)
     follow the in-memory store's semantics and keep the record's revision, so
     the next update from Redis supersedes them.
     """
@@ -51,6 +52,8 @@ class LocalView:
     def __init__(self):
         self._records: dict[str, Revision] = {}
         self._controls = ControlsRevision(Controls(), 0)
+        # This worker's own evidence while Redis is away; dropped at each resynchronization.
+        self._windows: dict[str, HealthWindow] = {}
 
     @property
     def controls(self) -> ControlsRevision:
@@ -97,28 +100,70 @@ class LocalView:
         return True
 
     def replace(self, revisions: Iterable[Revision], controls: ControlsRevision):
-        """Forget everything and take a full snapshot from Redis."""
+        """Forget everything (local evidence included) and take a full snapshot from Redis."""
         self._records = {r.health.provider_id: r for r in revisions}
         self._controls = controls
+        self._windows.clear()
 
     def active_mark_downs(self, now: float) -> list[ProviderHealth]:
         """The records whose mark-down is in force at ``now``."""
         return [r.health for r in self._records.values() if r.health.is_down(now)]
 
-    def count_failure(self, provider_id: str, count: int = 1) -> int:
-        """Add failed sentences locally; return the new count."""
-        health = self.get_raw(provider_id)
-        failures = health.failures + count
-        self._set(dataclasses.replace(health, failures=failures))
-        return failures
+    def record_attempt(
+        self,
+        provider_id: str,
+        failure: FailureReason | None,
+        *,
+        policy: HealthPolicy,
+        peers: Sequence[str],
+        draw: float,
+        now: float,
+    ) -> AttemptVerdict:
+        """Judge an attempt locally, with the rules ``record_attempt.lua`` applies in Redis.
 
-    def reset_failures(self, provider_id: str) -> bool:
-        """Reset the failure count locally; return whether it was above 0."""
-        health = self.get_raw(provider_id)
-        if not health.failures:
-            return False
-        self._set(dataclasses.replace(health, failures=0))
-        return True
+        The evidence is this worker's own since Redis went away, on top of what
+        the view last heard: the fleet's count of failures in a row and its
+        recent ejections (counted from the last mark-down's start). The
+        window's buckets start empty: the view holds only their totals.
+        """
+        health = self.get(provider_id, now)
+        window = self._windows.get(provider_id)
+        if window is None:
+            raw = self.get_raw(provider_id)
+            window = HealthWindow(
+                consecutive=raw.failures,
+                ejections=raw.ejections,
+                ejected_at=(raw.since if raw.since is not None else now) if raw.ejections else None,
+            )
+            self._windows[provider_id] = window
+        others_up = any(not self.get(p, now).is_down(now) for p in peers if p != provider_id)
+        rule, spared = window.record(
+            failure, policy, now, down=health.is_down(now), others_up=others_up
+        )
+        if rule is not None and failure is not None:
+            until = window.eject(policy, now, draw)
+            health = dataclasses.replace(health, down_until=until, reason=failure, since=now)
+        attempts, failures = window.totals(policy, now)
+        ejections = window.recent_ejections(policy, now)
+        self._set(
+            dataclasses.replace(
+                health,
+                failures=window.consecutive,
+                attempts=attempts,
+                window_failures=failures,
+                ejections=ejections,
+            )
+        )
+        return AttemptVerdict(
+            ejected=rule is not None,
+            rule=rule,
+            down_until=health.down_until,
+            spared=spared,
+            consecutive=window.consecutive,
+            attempts=attempts,
+            failures=failures,
+            ejections=ejections,
+        )
 
     def mark_down(
         self, provider_id: str, *, reason: FailureReason, down_until: float, now: float
@@ -152,7 +197,9 @@ class LocalView:
         return True, True
 
     def mark_up(self, provider_id: str, now: float) -> tuple[bool, bool]:
-        """Clear a provider's mark-down and failure count locally.
+        """Clear a provider's mark-down and count of failures in a row locally (as ``mark_up.lua``).
+
+        The window's counts and the ejection history stay.
 
         Returns:
             ``(was_down, changed)``: whether it was down at ``now``, and whether
@@ -161,7 +208,11 @@ class LocalView:
         health = self.get_raw(provider_id)
         changed = health.down_until is not None or health.failures > 0
         if changed:
-            self._set(ProviderHealth(provider_id))
+            self._set(
+                dataclasses.replace(health, down_until=None, reason=None, since=None, failures=0)
+            )
+        if window := self._windows.get(provider_id):
+            window.consecutive = 0
         return health.is_down(now), changed
 
     def get_raw(self, provider_id: str) -> ProviderHealth:
@@ -183,16 +234,16 @@ class Owed:
         mark_up_at: Or the wall-clock time of a mark-up to write.
         extend_to: Then keep a mark-down Redis already holds until this
             wall-clock time (a recovery probe failed while Redis was away).
-        reset: Reset the failure count (a success or a mark-up happened).
-        failures: Then add these failed sentences, by their ids (so a
-            failure Redis already counted is not counted twice).
+
+    Attempts recorded while Redis was away are not owed: a window's evidence
+    is worth seconds, and an attempt whose script reached a slow Redis after
+    the store gave up on it would count twice. What they decided is: an
+    ejection is owed as a mark-down.
     """
 
     mark_down: ProviderHealth | None = None
     mark_up_at: float | None = None
     extend_to: float | None = None
-    reset: bool = False
-    failures: list[str] = field(default_factory=list)
 
     def then(self, later: "Owed") -> "Owed":
         """The writes owed for this followed by ``later``."""
@@ -201,8 +252,6 @@ class Owed:
             mark_down=later.mark_down if marked else self.mark_down,
             mark_up_at=later.mark_up_at if marked else self.mark_up_at,
             extend_to=later.extend_to if marked else _latest(self.extend_to, later.extend_to),
-            reset=self.reset or later.reset,
-            failures=later.failures if later.reset else self.failures + later.failures,
         )
 
 
@@ -218,14 +267,6 @@ class PendingWrites:
 
     def __len__(self) -> int:
         return len(self._owed)
-
-    def failure(self, provider_id: str, failure_id: str):
-        """A failed sentence was counted locally; ``failure_id`` names it for Redis."""
-        self._owed.setdefault(provider_id, Owed()).failures.append(failure_id)
-
-    def success(self, provider_id: str):
-        """The failure count was reset locally."""
-        self._owed[provider_id] = self._owed.get(provider_id, Owed()).then(Owed(reset=True))
 
     def mark_down(self, health: ProviderHealth):
         """A provider was marked down locally (``health`` carries its times)."""
@@ -245,7 +286,7 @@ class PendingWrites:
     def mark_up(self, provider_id: str, at: float):
         """A provider was marked up locally at ``at``."""
         owed = self._owed.get(provider_id, Owed())
-        self._owed[provider_id] = owed.then(Owed(mark_up_at=at, reset=True))
+        self._owed[provider_id] = owed.then(Owed(mark_up_at=at))
 
     def pop(self) -> tuple[str, Owed] | None:
         """Take one provider's writes to send, or None if nothing is owed."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
 
 Clock = Callable[[], float]
 """A function returning wall-clock seconds (``time.time`` by default).
@@ -27,7 +28,10 @@ class ProviderHealth:
             provider is not marked down.
         reason: Why it was marked down.
         since: Wall-clock time it was marked down.
-        failures: Consecutive failed sentences recorded since the last success.
+        failures: Failed attempts in a row, fleet-wide, since the last success.
+        attempts: Attempts in the health policy's window, when last written.
+        window_failures: Failed attempts in that window.
+        ejections: Recent ejections (they lengthen the next one).
     """
 
     provider_id: str
@@ -35,6 +39,9 @@ class ProviderHealth:
     reason: FailureReason | None = None
     since: float | None = None
     failures: int = 0
+    attempts: int = 0
+    window_failures: int = 0
+    ejections: int = 0
 
     def is_down(self, now: float) -> bool:
         """Whether the provider is marked down at ``now``."""
@@ -77,12 +84,31 @@ class HealthStore(Protocol):
         """
         ...
 
-    async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
-        """Count a failed sentence; return the consecutive failure count."""
-        ...
+    async def record_attempt(
+        self,
+        provider_id: str,
+        failure: FailureReason | None,
+        *,
+        policy: HealthPolicy,
+        peers: Sequence[str] = (),
+        draw: float = 0.0,
+    ) -> AttemptVerdict:
+        """Add one sentence attempt's outcome to the provider's fleet-wide evidence.
 
-    async def record_success(self, provider_id: str) -> None:
-        """Reset the consecutive failure count after a spoken sentence."""
+        Applies ``policy`` atomically (see :class:`HealthWindow`): a rule that
+        is met ejects the provider, unless every one of ``peers`` is down
+        already and the failure is not permanent (the panic floor).
+
+        Args:
+            provider_id: The provider.
+            failure: Why the attempt failed, or None if it spoke.
+            policy: The ejection rules.
+            peers: The other providers of the caller's group.
+            draw: A random number in [-1, 1] for the ejection's jitter.
+
+        Returns:
+            What the write did; ``ejected`` is True for exactly one writer per incident.
+        """
         ...
 
     async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:

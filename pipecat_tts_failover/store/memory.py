@@ -5,6 +5,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy, HealthWindow
 from pipecat_tts_failover.store.base import (
     Clock,
     Controls,
@@ -35,6 +36,7 @@ class InMemoryHealthStore:
         self._latency: dict[str, deque[float]] = {}
         self._controls = Controls()
         self._registered: list[str] = []
+        self._windows: dict[str, HealthWindow] = {}
 
     async def get(self, provider_ids: Sequence[str]) -> Mapping[str, ProviderHealth]:
         """Return the health of each provider (a healthy record for unknown ones).
@@ -62,18 +64,61 @@ class InMemoryHealthStore:
         """Every provider id registered, in the merged preference order."""
         return list(self._registered)
 
-    async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
-        """Count a failed sentence; return the consecutive failure count."""
-        health = self._health.get(provider_id) or ProviderHealth(provider_id)
-        failures = health.failures + 1
-        self._health[provider_id] = dataclasses.replace(health, failures=failures)
-        return failures
+    async def record_attempt(
+        self,
+        provider_id: str,
+        failure: FailureReason | None,
+        *,
+        policy: HealthPolicy,
+        peers: Sequence[str] = (),
+        draw: float = 0.0,
+    ) -> AttemptVerdict:
+        """Add one sentence attempt's outcome to the provider's evidence; eject it if a rule says so.
 
-    async def record_success(self, provider_id: str) -> None:
-        """Reset the consecutive failure count after a spoken sentence."""
-        health = self._health.get(provider_id)
-        if health is not None and health.failures:
-            self._health[provider_id] = dataclasses.replace(health, failures=0)
+        Args:
+            provider_id: The provider.
+            failure: Why the attempt failed, or None if it spoke.
+            policy: The ejection rules.
+            peers: The other providers of the caller's group (for the panic floor).
+            draw: A random number in [-1, 1] for the ejection's jitter.
+
+        Returns:
+            What the write did; ``ejected`` is True for exactly one writer per incident.
+        """
+        now = self._clock()
+        health = self._current(provider_id, now)
+        window = self._windows.setdefault(provider_id, HealthWindow())
+        others_up = any(not self._current(p, now).is_down(now) for p in peers if p != provider_id)
+        rule, spared = window.record(
+            failure, policy, now, down=health.is_down(now), others_up=others_up
+        )
+        down_until = health.down_until
+        since, reason = health.since, health.reason
+        if rule is not None and failure is not None:
+            down_until = window.eject(policy, now, draw)
+            since, reason = now, failure
+        attempts, failures = window.totals(policy, now)
+        ejections = window.recent_ejections(policy, now)
+        self._health[provider_id] = dataclasses.replace(
+            health,
+            down_until=down_until,
+            reason=reason,
+            since=since,
+            failures=window.consecutive,
+            attempts=attempts,
+            window_failures=failures,
+            ejections=ejections,
+        )
+        return AttemptVerdict(
+            ejected=rule is not None,
+            rule=rule,
+            down_until=down_until,
+            spared=spared,
+            consecutive=window.consecutive,
+            attempts=attempts,
+            failures=failures,
+            ejections=ejections,
+        )
 
     async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:
         """Mark a provider down for ``cooldown`` seconds; True if it was up before."""
@@ -92,7 +137,12 @@ class InMemoryHealthStore:
         if health is None:
             return False
         was_down = health.is_down(self._clock())
-        self._health[provider_id] = ProviderHealth(provider_id)
+        # The window's counts and the ejection history stay; only the run of failures ends.
+        self._health[provider_id] = dataclasses.replace(
+            health, down_until=None, reason=None, since=None, failures=0
+        )
+        if window := self._windows.get(provider_id):
+            window.consecutive = 0
         return was_down
 
     def _current(self, provider_id: str, now: float) -> ProviderHealth:
@@ -151,6 +201,7 @@ class InMemoryHealthStore:
     def reset(self) -> None:
         """Forget everything (for tests and operators)."""
         self._health.clear()
+        self._windows.clear()
         self._locks.clear()
         self._latency.clear()
         self._controls = Controls()

@@ -25,17 +25,20 @@ from redis.asyncio.cluster import RedisCluster
 from pipecat_tts_failover.config import positive_seconds
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.errors import HealthStoreError
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
 from pipecat_tts_failover.store._redis_client import OwnedClient, make_client, mask_url, redact
 from pipecat_tts_failover.store._redis_scripts import (
     SCRIPT_NAMES,
     Keys,
     Reply,
+    attempt_args,
     decode_ids,
     decode_registered,
     encode_controls,
     parse_message,
     parse_reply,
     parse_snapshot,
+    parse_verdict,
     script_source,
 )
 from pipecat_tts_failover.store._redis_view import (
@@ -63,11 +66,6 @@ _FIRST_RETRY_DELAY = 0.05
 # What a caller's Redis call returns when it failed (None is a valid reply).
 _FAILED: Any = object()
 _T = TypeVar("_T")
-# How long Redis remembers that it counted a failed sentence: longer than a store
-# takes to write back after Redis answers again.
-_COUNTED_TTL = 300
-# Failed sentences written back per script call.
-_WRITE_BACK_BATCH = 200
 
 
 class _Link(enum.Enum):
@@ -81,18 +79,19 @@ class _Link(enum.Enum):
 class RedisHealthStore:
     """Provider health in Redis, shared by every worker, read from a local view.
 
-    Counts and state changes are Lua scripts, so each is atomic across the
-    fleet: ``mark_down`` returns True for exactly one caller per incident.
-    Each change is published; every store subscribes and keeps a local view
-    of every provider, so ``get()`` answers from memory and sees another
-    worker's mark-down within milliseconds.
+    Evidence and state changes are Lua scripts, so each is atomic across the
+    fleet: ``record_attempt`` ejects, and ``mark_down`` returns True, for
+    exactly one caller per incident. Each change is published; every store
+    subscribes and keeps a local view of every provider, so ``get()`` answers
+    from memory and sees another worker's mark-down within milliseconds.
 
     Redis never blocks a call. Each Redis call made for a caller is bounded by
     ``op_timeout``; if it fails, or the subscription drops, the store answers
-    from its local view, counts and marks locally, logs once (WARNING), and a
-    background task reconnects with backoff, writes back what it learned,
-    resynchronizes and logs once more (INFO). While Redis is away each worker
-    decides mark-downs on its own, so one incident may alert once per worker.
+    from its local view, judges attempts and marks locally, logs once
+    (WARNING), and a background task reconnects with backoff, writes back the
+    mark-downs and mark-ups it made, resynchronizes and logs once more (INFO).
+    While Redis is away each worker decides ejections on its own evidence, so
+    one incident may alert once per worker.
 
     The operator's controls are published too and read from the view, so
     ``get_controls()`` costs no round trip. ``set_controls()`` is an
@@ -108,7 +107,8 @@ class RedisHealthStore:
     on Redis's own clock.
 
     Keys share one hash tag (``{tts-failover}:provider:cartesia``,
-    ``{tts-failover}:providers``, ``{tts-failover}:registered``, ``{tts-failover}:epoch``,
+    ``{tts-failover}:window:cartesia``, ``{tts-failover}:providers``,
+    ``{tts-failover}:registered``, ``{tts-failover}:epoch``,
     ``{tts-failover}:controls``, ``{tts-failover}:lock:<name>``) and changes
     are published on ``{tts-failover}:events``; see ``_redis_scripts``.
 
@@ -294,32 +294,64 @@ class RedisHealthStore:
                 self._registered = merge_registered(decode_registered(raw), self._registered)
         return list(self._registered)
 
-    async def record_failure(self, provider_id: str, reason: FailureReason) -> int:
-        """Count a failed sentence; return the fleet's consecutive failure count."""
-        failure_id = uuid.uuid4().hex
-        if await self._ready():
-            reply = await self._run("record_failure", provider_id, _COUNTED_TTL, ids=[failure_id])
-            if reply is not None:
-                return reply.failures
-        # If the script reached Redis after all (a slow Redis), its marker keeps
-        # the write-back from counting the failure twice.
-        self._pending.failure(provider_id, failure_id)
-        return self._view.count_failure(provider_id)
+    async def record_attempt(
+        self,
+        provider_id: str,
+        failure: FailureReason | None,
+        *,
+        policy: HealthPolicy,
+        peers: Sequence[str] = (),
+        draw: float = 0.0,
+    ) -> AttemptVerdict:
+        """Add one attempt's outcome to the fleet's evidence; eject the provider if a rule says so.
 
-    async def record_success(self, provider_id: str) -> None:
-        """Reset the consecutive failure count after a spoken sentence.
+        One script (``record_attempt.lua``, one round trip) adds the attempt
+        to the provider's window, applies ``policy`` as
+        :class:`~pipecat_tts_failover.health.HealthWindow` does, reading the
+        peers' records for the panic floor, and publishes the record: exactly
+        one worker's attempt ejects per incident.
 
-        No round trip when the local view already shows no failures, as it does
-        after almost every sentence. (A failure another worker recorded a moment
-        ago may then stand until the next success seen with it.)
+        While Redis is away the rules run on the local view, on this worker's
+        own evidence since the outage began; an ejection decided then is
+        written back as a mark-down once Redis answers again (the attempts
+        themselves are not: see ``Owed``).
+
+        Args:
+            provider_id: The provider.
+            failure: Why the attempt failed, or None if it spoke.
+            policy: The ejection rules.
+            peers: The other providers of the caller's group (for the panic floor).
+            draw: A random number in [-1, 1] for the ejection's jitter.
+
+        Returns:
+            What the write did; ``ejected`` is True for exactly one writer per
+            incident (while Redis is reachable).
+
+        Raises:
+            TypeError: ``peers`` is one id, not a sequence of ids, or
+                ``policy`` is not a HealthPolicy.
         """
-        online = await self._ready()
-        if not self._view.get_raw(provider_id).failures:
-            return
-        if online and await self._run("record_success", provider_id) is not None:
-            return
-        if self._view.reset_failures(provider_id):
-            self._pending.success(provider_id)
+        if not isinstance(policy, HealthPolicy):
+            raise TypeError(f"policy must be a HealthPolicy, not {type(policy).__name__}")
+        failure = FailureReason(failure) if failure is not None else None
+        others = [p for p in dict.fromkeys(check_provider_ids(peers, "peers")) if p != provider_id]
+        now = self._clock()
+        if await self._ready():
+            keys = [self._keys.window(provider_id), *map(self._keys.provider, others)]
+            args = attempt_args(failure, policy, draw, now)
+            raw = await self._call(
+                lambda: self._script("record_attempt", provider_id, *args, keys=keys)
+            )
+            if raw is not _FAILED:
+                verdict, revision = parse_verdict(provider_id, raw)
+                self._view.apply(revision)
+                return verdict
+        verdict = self._view.record_attempt(
+            provider_id, failure, policy=policy, peers=others, draw=draw, now=now
+        )
+        if verdict.ejected:
+            self._pending.mark_down(self._view.get_raw(provider_id))
+        return verdict
 
     async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:
         """Mark a provider down for ``cooldown`` seconds; True if this call took it down."""
@@ -479,11 +511,9 @@ class RedisHealthStore:
                 pass
         return self._link is _Link.ONLINE
 
-    async def _run(
-        self, name: str, provider_id: str, *args: Any, ids: Sequence[str] = ()
-    ) -> Reply | None:
+    async def _run(self, name: str, provider_id: str, *args: Any) -> Reply | None:
         """Run a record script for a caller; None (and offline) if Redis failed it."""
-        raw = await self._call(lambda: self._script(name, provider_id, *args, ids=ids))
+        raw = await self._call(lambda: self._script(name, provider_id, *args))
         if raw is _FAILED:
             return None
         reply = parse_reply(provider_id, raw)
@@ -516,9 +546,10 @@ class RedisHealthStore:
         return decode_registered(raw)
 
     async def _script(
-        self, name: str, provider_id: str, *args: Any, ids: Sequence[str] = ()
+        self, name: str, provider_id: str, *args: Any, keys: Sequence[str] = ()
     ) -> Any:
-        keys = [self._keys.provider(provider_id), self._keys.index, *map(self._keys.counted, ids)]
+        """Run a record script: the provider's record and the index, then ``keys``."""
+        keys = [self._keys.provider(provider_id), self._keys.index, *keys]
         args = (self._keys.channel, provider_id, *args)
         return await self._scripts[name](keys=keys, args=args, client=self._client)
 
@@ -631,11 +662,6 @@ class RedisHealthStore:
             await self._script("mark_up", provider_id, now, owed.mark_up_at)
         if owed.extend_to is not None and owed.extend_to > now:
             await self._script("extend_down", provider_id, now, owed.extend_to)
-        if owed.reset:
-            await self._script("record_success", provider_id)
-        for start in range(0, len(owed.failures), _WRITE_BACK_BATCH):
-            batch = owed.failures[start : start + _WRITE_BACK_BATCH]
-            await self._script("record_failure", provider_id, _COUNTED_TTL, ids=batch)
 
     def _go_online(self):
         self._generation += 1
