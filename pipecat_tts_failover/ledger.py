@@ -89,6 +89,9 @@ class Ledger:
 
     def add(self, frame: Frame):
         """Note a frame handed to the speaking provider's service."""
+        if isinstance(frame, TTSSpeakFrame) and not frame.text.strip():
+            # pipecat says nothing for it and pushes nothing: no stop frame to settle it.
+            return
         start = len(self._text)
         if speaks_text(frame):
             text = frame.text
@@ -153,14 +156,21 @@ class Ledger:
         self._cursor = len(self._text)
         self._compact()
 
-    def settle_utterance(self):
+    def settle_utterance(self, *, heard: bool = True):
         """The service is done with the next ``TTSSpeakFrame`` (its stop frame came out).
 
         What the provider did not report of its words (text it rewrote, say)
         was spoken all the same.
+
+        Args:
+            heard: False for a stop frame pushed ahead of its audio (see
+                ``SpeechWatch.plays_later``): the utterance's words stay owed
+                until they are heard.
         """
         ordinal = self._utterances_done
         self._utterances_done += 1
+        if not heard:
+            return
         for entry in self._entries:
             if entry.utterance == ordinal:
                 self._cursor = max(self._cursor, entry.end)

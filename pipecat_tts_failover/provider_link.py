@@ -138,6 +138,10 @@ class ProviderLink:
         """Whether the service can still be given work."""
         return self.service.is_usable
 
+    def clock_ns(self) -> int:
+        """The service's clock, in nanoseconds: pipecat stamps word frames' pts with it."""
+        return self.service.get_clock().get_time()
+
     async def _on_tts_request(self, service: TTSService, context_id: str, text: str):
         if self.listener is not None:
             self.listener.request(self, context_id)

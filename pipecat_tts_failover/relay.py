@@ -145,6 +145,10 @@ class Relay:
         self._announcement: AggregatedTextFrame | None = None
         self._replaced_announcement: int | None = None
         self._segment_map: dict[int, int] = {}
+        # Stop frames pushed ahead of their context's playback (ids), and
+        # whether one was pushed in the step under way.
+        self._stops_ahead: set[int] = set()
+        self._stop_ahead_now = False
         self._failover: asyncio.Task | None = None
         self._release: asyncio.Task | None = None
         # A hedge: the next provider speaking what is owed in parallel, its
@@ -162,6 +166,10 @@ class Relay:
     def speaker_id(self) -> str | None:
         """The provider speaking now."""
         return None if self.speaker is None else self.speaker.provider_id
+
+    def uses(self, link: ProviderLink) -> bool:
+        """Whether the call speaks, or hedges, with a provider's link now."""
+        return link is self.speaker or link is self._hedge
 
     def _idle(self) -> bool:
         watch = self._watch
@@ -267,6 +275,7 @@ class Relay:
         self._announcement = None
         self._replaced_announcement = None
         self._segment_map.clear()
+        self._stops_ahead.clear()
         self._reselect = True
 
     async def _cancel_failover(self):
@@ -318,6 +327,7 @@ class Relay:
             lambda reason, error: self._on_failure(watch, reason, error),
             word_timestamps=link.word_timestamps,
             speech_rate=link.stats.speech_rate,
+            clock=link.clock_ns,
         )
         watch.limit_stall(link.stall_limit)
         return watch
@@ -394,6 +404,7 @@ class Relay:
                 lambda reason, error: self._on_hedge_failure(hedge_watch, reason, error),
                 word_timestamps=link.word_timestamps,
                 speech_rate=link.stats.speech_rate,
+                clock=link.clock_ns,
             )
             hedge_watch.limit_stall(link.stall_limit)
             for frame in self._replay_frames():
@@ -515,10 +526,22 @@ class Relay:
                 watch.started(frame)
             if watch.failed is not None:
                 return
-            if isinstance(frame, TTSStoppedFrame) and watch.ends_silent(frame):
+            if isinstance(frame, TTSStoppedFrame) and watch.plays_later(frame):
+                # pipecat's Cartesia service pushes a context's stop frame as soon
+                # as the provider reports an error for it, even while an earlier
+                # context still plays: what came of this one is still queued in
+                # the service and plays next, as it would bare. The watch judges
+                # that playback; the error that follows in this step is the
+                # pipeline's, as bare.
+                self._stopped_ahead(frame)
+                if self._held is not None:
+                    self._held.append(frame)
+                else:
+                    await self._emit(frame)
+            elif isinstance(frame, TTSStoppedFrame) and watch.ends_silent(frame):
                 watch.stopped(frame)
                 return
-            if isinstance(frame, TTSStoppedFrame):
+            elif isinstance(frame, TTSStoppedFrame):
                 # The end of an audio context is judged a step later: pipecat's
                 # Cartesia service pushes its stop frame and then the provider's
                 # error in the same step. Until then it, and what follows it, wait.
@@ -560,6 +583,11 @@ class Relay:
             self._hedge_watch.fail(reason, frame.error)
             return
         watch = self._watch
+        if link is self.speaker and self._stop_ahead_now:
+            # The error of a context the service has not played yet (see
+            # _stopped_ahead): its playback, judged by the watch, tells.
+            await self._hooks.push_upstream(frame)
+            return
         if self.speaker is None and link.provider_id == next(iter(self._hooks.order()), None):
             # The call's provider, before the call's first words (a rejected
             # session, say): the pipeline hears of it as it would bare.
@@ -579,6 +607,16 @@ class Relay:
         reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
         watch.fail(reason, frame.error)
 
+    def _stopped_ahead(self, frame: TTSStoppedFrame):
+        """Note a stop frame pushed ahead of its context's playback, for this step."""
+        self._stops_ahead.add(frame.id)
+        if not self._stop_ahead_now:
+            self._stop_ahead_now = True
+            asyncio.get_running_loop().call_soon(self._end_stop_ahead_step)
+
+    def _end_stop_ahead_step(self):
+        self._stop_ahead_now = False
+
     def _releasing(self) -> bool:
         return self._release is not None and not self._release.done()
 
@@ -589,7 +627,7 @@ class Relay:
         if watch is not self._watch or watch.failed is not None or self._held is None:
             return
         for frame in self._held:
-            if isinstance(frame, TTSStoppedFrame):
+            if isinstance(frame, TTSStoppedFrame) and frame.id not in self._stops_ahead:
                 watch.stopped(frame)
                 if watch.failed is not None:
                     return
@@ -643,11 +681,16 @@ class Relay:
                 return
             self._open_context = frame.context_id
         elif isinstance(frame, TTSStoppedFrame):
-            self._announcement = None
+            ahead = frame.id in self._stops_ahead
+            if ahead:
+                # Its context plays after this: nothing of it was heard yet.
+                self._stops_ahead.discard(frame.id)
+            else:
+                self._announcement = None
+            if not self._in_reply:
+                ledger.settle_utterance(heard=not ahead)
             if frame.context_id == self._open_context:
                 self._open_context = None
-            if not self._in_reply:
-                ledger.settle_utterance()
         elif isinstance(frame, LLMFullResponseEndFrame):
             self._in_reply = False
             ledger.settle_text()

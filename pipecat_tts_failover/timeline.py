@@ -10,9 +10,10 @@ HEARD_SHARE = 0.75
 class WordTimeline:
     """Lines the words of one sentence up with the audio a provider sends for it.
 
-    A pipecat service pushes a word's text as the word's audio starts, stamped
-    with the word's timestamp. The first timed word fixes where the timestamps
-    sit in the audio received; each later word's start follows from its
+    A pipecat service pushes a word's text stamped with the word's timestamp,
+    as the word's audio starts or (when the provider's alignment splits a word
+    across messages) later. The watch reads where the first timed word starts
+    in the audio from its pts; each later word's start follows from its
     timestamp. How long a word lasts is not sent, so it is estimated from its
     length at the speech rate of the words before it (for the first, the rate
     the provider was last measured at, or a typical one): a word has been said
@@ -44,7 +45,8 @@ class WordTimeline:
         Args:
             index: The word's position among the sentence's words.
             pts: Its presentation timestamp, in nanoseconds.
-            arrived_at: Seconds of audio received when its text arrived.
+            arrived_at: Where it starts in the audio received, in seconds
+                (the audio received when its text arrived, if nothing better is known).
         """
         if self._origin is None:
             self._origin = (index, pts, arrived_at)

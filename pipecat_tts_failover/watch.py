@@ -35,6 +35,7 @@ class Deadlines:
 
 
 OnFailure = Callable[[FailureReason, str | None], None]
+_NO_CONTEXT = object()
 # Seconds of audio past the expected end of a request's last word that are
 # still taken for that word (word lengths are estimates).
 _TAIL_MARGIN = 0.3
@@ -73,6 +74,7 @@ class SpeechWatch:
         *,
         word_timestamps: bool,
         speech_rate: float | None = None,
+        clock: Callable[[], int] | None = None,
     ):
         self._deadlines = deadlines
         self._on_failure = on_failure
@@ -114,6 +116,17 @@ class SpeechWatch:
         self._early_words: list[TTSTextFrame] = []
         # The frame of the word last started.
         self.current_word_id: int | None = None
+        # The service's clock (ns), and where its word timestamps of the audio
+        # context now playing start: pipecat stamps a word with the clock at the
+        # context's first audio (or the last word's pts, if later) plus the
+        # word's time in the audio, so a word's pts says where it starts in the
+        # audio whenever its text arrives.
+        self._clock = clock
+        self._audio_context: object = _NO_CONTEXT
+        self._audio_seconds = 0.0
+        self._baseline = 0
+        self._max_pts = 0
+        self._last_word_at = -1.0
 
     def segment_done(self, segment_id: int) -> bool:
         """Whether the segment of this announcement was spoken to its last word."""
@@ -168,14 +181,18 @@ class SpeechWatch:
         now = self._loop.time()
         self._last_audio_at = now
         context_id = frame.context_id or self._playing
+        if context_id != self._audio_context:
+            self._start_context_audio(context_id)
         self._context_audio.add(context_id)
-        early, self._early_words = self._early_words, []
-        for word in early:
-            self._time_word(word)
+        if self._early_words:
+            early, self._early_words = self._early_words, []
+            for word in early:
+                self._time_word(word)
         seconds = _seconds(frame)
+        self._audio_seconds += seconds
         timeline = self._timeline
         if timeline is not None:
-            timeline.add_audio(seconds)
+            timeline.received = self._audio_seconds
         tail = self._tail
         if tail and (timeline is None or timeline.past_current(_TAIL_MARGIN)):
             # Well past the finished request's last word: this is the next one's
@@ -202,6 +219,18 @@ class SpeechWatch:
             self._arm(now + self._deadlines.stall, lazy=True)
         return False
 
+    def _start_context_audio(self, context_id: str | None):
+        """The first audio of an audio context: its word timestamps count from here."""
+        self._audio_context = context_id
+        self._audio_seconds = 0.0
+        now = self._clock() if self._clock is not None else 0
+        self._baseline = max(self._max_pts, now)
+        self._last_word_at = -1.0
+        # Audio of another context is no tail of the word before it.
+        self._tail = False
+        if self._segment is None:
+            self._timeline = None
+
     def word(self, frame: TTSTextFrame) -> bool:
         """A word frame the service pushed; return whether the provider timed it.
 
@@ -217,6 +246,8 @@ class SpeechWatch:
                     self._done_segments.add(frame.segment_id)
                 self._done(context_id)
             return True
+        if frame.pts and frame.pts > self._max_pts:
+            self._max_pts = frame.pts
         if frame.segment_id is not None and frame.segment_id != self._segment:
             if frame.segment_id in self._done_segments:
                 return False
@@ -242,7 +273,14 @@ class SpeechWatch:
         self._last_word_pts = frame.pts
         self.current_word_id = frame.id
         if self._timeline is not None:
-            self._timeline.word_started(self._words_in_segment, frame.pts, self._timeline.received)
+            # Where the word starts in its context's audio, from its pts; where
+            # the timestamps do not run on through the context (they start
+            # again for each request), where its text arrived.
+            at = max(0.0, (frame.pts - self._baseline) / 1e9)
+            if self._clock is None or at < self._last_word_at:
+                at = self._timeline.received
+            self._last_word_at = at
+            self._timeline.word_started(self._words_in_segment, frame.pts, at)
             self._words_in_segment += len(frame.text.split())
             if self._timeline.measured_rate:
                 self._speech_rate = self._timeline.measured_rate
@@ -256,6 +294,8 @@ class SpeechWatch:
         self._segment_context = context_id
         self._last_word = False
         self._timeline = WordTimeline(self._announced.pop(segment_id, ""), self._speech_rate)
+        if context_id == self._audio_context:
+            self._timeline.received = self._audio_seconds
         self._words_in_segment = 0
         # Each segment's word times start from its own first audio.
         self._last_word_pts = None
@@ -268,6 +308,21 @@ class SpeechWatch:
         self._last_word = True
         if self._timeline is not None and self._timeline.current_said:
             self._finish_segment()
+
+    def plays_later(self, frame: TTSStoppedFrame) -> bool:
+        """Whether this stop frame came before anything of its audio context did.
+
+        pipecat's Cartesia service pushes a context's stop frame at once when
+        the provider reports an error for it, while an earlier context may
+        still be playing: the context has not played yet, and what the
+        provider sent for it plays after. Its requests stay owed.
+        """
+        context_id = frame.context_id
+        return (
+            context_id in self._requests
+            and context_id != self._playing
+            and context_id not in self._context_audio
+        )
 
     def ends_silent(self, frame: TTSStoppedFrame) -> bool:
         """Whether this end of an audio context fails the provider (it was owed audible audio)."""

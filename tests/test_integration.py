@@ -267,30 +267,14 @@ async def test_socket_closed_mid_sentence_does_not_pass_the_rest_off_as_spoken(
     assert_heard_once_in_order(call, cut_short="Thanks")
 
 
-@pytest.mark.parametrize(
-    "fault",
-    [
-        "stall:5000",
-        pytest.param(
-            "error:5000",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "the caller hears everything once, but the next sentence is reported "
-                    "failed (no_audio): after an error message pipecat's Cartesia service ends "
-                    "the next context with no audio; the old core interrupted the service "
-                    "between sentences, which a pass-through cannot do without changing the "
-                    "healthy stream (open, see the closing note of issue 12)"
-                ),
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("fault", ["stall:5000", "error:5000"])
 async def test_provider_failing_after_the_last_word_is_not_heard_twice(store, fault):
     # The whole sentence came, then no end message (or an error): the caller
-    # heard it all. It used to be failed and spoken again in full; and the
-    # context pipecat's Cartesia leaves open after an error held up the next
-    # sentence until it failed too.
+    # heard it all. It used to be failed and spoken again in full. After an
+    # error pipecat's Cartesia service leaves the context open, so the next
+    # sentence's context plays only once that one times out, and the next
+    # error's stop frame comes out ahead of that sentence's audio: it used to
+    # be taken for a context that ended with no audio.
     sentences = SENTENCES[:2]
     call, primary_requests, backup_requests = await call_with_fault(
         store, "cartesia_ws", "elevenlabs_ws", fault, "first", sentences
@@ -333,19 +317,13 @@ async def test_word_cut_short_by_a_failing_provider_is_said_again(store):
     assert call.words == call.expected_words
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "with the emulator's realistic alignment (words split across messages, issue 16) "
-        "a 0.3 s fragment of the last word is heard twice when ElevenLabs stalls after its "
-        "last word: the word-boundary estimate at the cut (open, issue 16)"
-    ),
-)
 async def test_elevenlabs_failing_after_the_last_word_is_not_heard_twice(store):
     # pipecat's ElevenLabs service holds a sentence's last word until its
     # context ends; the emulator sends all the audio, then nothing: the audio
     # shows the last word was said, so it is not said again, and its text is
-    # passed on for the context.
+    # passed on for the context. With the alignment split across messages, as
+    # the real API sends it, a word's text arrives near its end: where it
+    # starts in the audio is read from its pts, not from when its text came.
     call, _, backup_requests = await call_with_fault(
         store, "elevenlabs_ws", "cartesia_ws", "stall:5000@1", "first"
     )
