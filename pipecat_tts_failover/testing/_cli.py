@@ -81,6 +81,14 @@ def add_limit_options(parser: argparse.ArgumentParser):
         help=f"elevenlabs: open contexts per socket (default: {MAX_CONTEXTS_PER_SOCKET})",
     )
     group.add_argument(
+        "--character-quota",
+        type=_limit,
+        default=None,
+        metavar="N|none",
+        help="elevenlabs: the account's credits, a character each; then quota_exceeded "
+        "(default: none)",
+    )
+    group.add_argument(
         "--voices",
         type=_ids,
         default=None,
@@ -109,6 +117,7 @@ def build_emulator(args: argparse.Namespace) -> Emulator:
     return ElevenLabsEmulator(
         inactivity_timeout=args.inactivity_timeout,
         max_contexts_per_socket=args.max_contexts,
+        character_quota=args.character_quota,
         **common,
     )
 

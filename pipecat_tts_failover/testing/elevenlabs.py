@@ -100,9 +100,9 @@ def _output_format(value: str | None) -> tuple[str, int]:
     raise _BadRequest(f"the emulator produces only {supported}; got output_format={value!r}")
 
 
-def _quota_message(text: str) -> str:
+def _quota_message(text: str, quota: int = _QUOTA, remaining: int = 0) -> str:
     return (
-        f"This request exceeds your quota of {_QUOTA}. You have 0 credits remaining, "
+        f"This request exceeds your quota of {quota}. You have {remaining} credits remaining, "
         f"while {max(1, len(text))} credits are required for this request."
     )
 
@@ -201,6 +201,10 @@ class ElevenLabsEmulator(Emulator):
         split_words: Split a word's WebSocket alignment across messages, as the
             real API does; False puts each word whole in the message where it
             starts.
+        character_quota: The account's credits, one per character spoken (the
+            real API's count for most models); a request that needs more than
+            remain is refused with ``quota_exceeded`` (HTTP 401; on a WebSocket
+            the error message and a 1008 close). None for no quota.
         **kwargs: See :class:`~pipecat_tts_failover.testing.Emulator`:
             ``port``, ``api_key``, ``fault``, ``speed``, ``chunk_ms``,
             ``ms_per_char``, ``host``, ``concurrency_limit`` (HTTP requests
@@ -217,9 +221,11 @@ class ElevenLabsEmulator(Emulator):
         models: Collection[str] | None = None,
         voices: Collection[str] | None = None,
         split_words: bool = True,
+        character_quota: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        _check_count("character_quota", character_quota)
         _check_seconds("inactivity_timeout", inactivity_timeout)
         if inactivity_timeout is not None and inactivity_timeout > MAX_INACTIVITY_TIMEOUT_S:
             raise ValueError(
@@ -235,6 +241,8 @@ class ElevenLabsEmulator(Emulator):
         self.models = frozenset(models) if models is not None else MODELS
         self.voices = frozenset(voices) if voices is not None else None
         self.split_words = split_words
+        self.character_quota = character_quota
+        self.characters_used = 0
 
     @property
     def clients(self) -> dict[str, str]:
@@ -287,6 +295,16 @@ class ElevenLabsEmulator(Emulator):
             )
         return 0, "", ""
 
+    def _spend(self, text: str) -> str | None:
+        """Charge ``text`` to the quota; the ``quota_exceeded`` message if too few credits remain."""
+        if self.character_quota is None:
+            return None
+        remaining = max(0, self.character_quota - self.characters_used)
+        if len(text) > remaining:
+            return _quota_message(text, self.character_quota, remaining)
+        self.characters_used += len(text)
+        return None
+
     def _concurrency_headers(self) -> dict[str, str]:
         if self.concurrency_limit is None:
             return {}
@@ -325,6 +343,9 @@ class ElevenLabsEmulator(Emulator):
         if status:
             await self._refused_request("http", request.path, code, **fields)
             return self._detail(status, code, message)
+        if (over_quota := self._spend(body["text"])) is not None:
+            await self._refused_request("http", request.path, "quota_exceeded", **fields)
+            return self._detail(401, "quota_exceeded", over_quota)
         if not self._acquire():
             await self._refused_request("http", request.path, _ERRORS[429][0], **fields)
             return self._detail(
@@ -430,7 +451,11 @@ class ElevenLabsEmulator(Emulator):
         self._connections += 1
         self._sockets.add(ws)
         single = request.path.endswith("/stream-input") and "/multi-" not in request.path
-        connection = _Connection(self, ws, request.path, encoding, rate, single=single)
+        # auto_mode: the real API generates each text message as it comes, with no buffer.
+        auto_mode = request.query.get("auto_mode", "false").lower() == "true"
+        connection = _Connection(
+            self, ws, request.path, encoding, rate, single=single, auto_mode=auto_mode
+        )
         logger.debug(f"{self}: websocket connection {self._connections} open")
         try:
             if await connection.admit(request, timeout):
@@ -500,11 +525,13 @@ class _Connection(WebSocketConnection):
         sample_rate: int,
         *,
         single: bool = False,
+        auto_mode: bool = False,
     ):
         super().__init__(emulator, ws, path)
         self._encoding = encoding
         self._sample_rate = sample_rate
         self._single = single
+        self._auto_mode = auto_mode
         self._key_pending = False  # no key in the headers: the first message must carry it
         self._closing = False  # close_socket arrived, or a stream-input's end of input
         self._failed = False
@@ -608,7 +635,10 @@ class _Connection(WebSocketConnection):
             assert context.record is not None
             context.buffer += text
             context.record.text = (context.record.text + text).lstrip()
-            if len(context.buffer) >= _AUTO_GENERATE_CHARS and " " in context.buffer:
+            if self._auto_mode and context.buffer.strip():
+                context.inbox.put_nowait(("speak", context.buffer))
+                context.buffer = ""
+            elif len(context.buffer) >= _AUTO_GENERATE_CHARS and " " in context.buffer:
                 cut = context.buffer.rindex(" ") + 1
                 context.inbox.put_nowait(("speak", context.buffer[:cut]))
                 context.buffer = context.buffer[cut:]
@@ -690,6 +720,10 @@ class _Connection(WebSocketConnection):
             if item[0] == "final":
                 self._contexts.pop(context_id, None)
                 await self._final(context_id)
+                return
+            if (over_quota := emu._spend(item[1].strip())) is not None:
+                context.record.refusal = "quota_exceeded"
+                await self.fail(_ws_message("quota_exceeded", over_quota, context_id, 1008))
                 return
             speech = synthesize(item[1], self._sample_rate, emu.ms_per_char)
             async for chunk in emu._chunks(speech, fault, encoding=self._encoding, first=first):
