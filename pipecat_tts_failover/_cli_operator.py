@@ -16,6 +16,10 @@ import time
 from pipecat_tts_failover.errors import HealthStoreError
 
 _CONNECT_TIMEOUT = 3.0
+# The status table: a provider's state, then the fleet's evidence about it: failed
+# attempts in a row, failed/all attempts in the health policy's window (as of the
+# last attempt), and recent ejections (each one lengthens the next).
+_COLUMNS = ("provider", "state", "reason", "since", "left", "in a row", "failed", "ejections")
 
 
 def add_operator_commands(subparsers: argparse._SubParsersAction):
@@ -157,6 +161,8 @@ async def _status(store, args) -> int:
                 _when(h.since) if down else "",
                 f"{max(0.0, h.down_until - now):.0f}s" if down else "",
                 str(h.failures),
+                f"{h.window_failures}/{h.attempts}",
+                str(h.ejections),
             )
         )
     controls = fleet.controls
@@ -171,7 +177,7 @@ async def _status(store, args) -> int:
         footer += "\nno worker has registered its providers yet"
     elif unregistered:
         footer += f"\nnot registered by any worker: {', '.join(unregistered)}"
-    _print_table(("provider", "state", "reason", "since", "left", "failures"), rows, footer)
+    _print_table(_COLUMNS, rows, footer)
     return 0
 
 
@@ -185,6 +191,9 @@ def _as_json(fleet) -> dict:
                 "since": h.since,
                 "down_until": h.down_until,
                 "failures": h.failures,
+                "attempts": h.attempts,
+                "window_failures": h.window_failures,
+                "ejections": h.ejections,
                 "registered": h.provider_id in fleet.registered,
             }
             for h in fleet.providers

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.health import HealthPolicy
 from pipecat_tts_failover.store.redis import RedisHealthStore
 from tests.support.calls import speak_call
 from tests.support.redis_server import RedisServer, running
@@ -54,6 +56,55 @@ def register(redis, prefix, *provider_ids: str):
             await store.close()
 
     asyncio.run(main())
+
+
+def record_attempts(redis, prefix, provider_id: str, outcomes: str, peers=("elevenlabs",)):
+    """Record attempts as workers do: ``outcomes`` is one letter per attempt, F failed, S spoke."""
+
+    async def main():
+        store = RedisHealthStore(redis.url, key_prefix=prefix)
+        policy = HealthPolicy(consecutive=3)
+        try:
+            assert await store.connect()
+            for outcome in outcomes:
+                failure = FailureReason.STALLED if outcome == "F" else None
+                await store.record_attempt(provider_id, failure, policy=policy, peers=peers)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    """The status table's cells by provider (and the header under "provider")."""
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│" if "│" in line else "┃")]
+        if len(cells) > 1:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_status_shows_the_evidence_the_fleet_holds_on_each_provider(redis, prefix):
+    register(redis, prefix, "cartesia", "elevenlabs")
+    # cartesia: three failures in a row eject it; then one success and two failures.
+    record_attempts(redis, prefix, "cartesia", "FFF" + "SFF")
+    # elevenlabs: healthy but for one failure, the last.
+    record_attempts(redis, prefix, "elevenlabs", "SSSSF", peers=("cartesia",))
+
+    rows = {row["provider"]: row for row in status_json(redis, prefix)}
+    evidence = ("state", "reason", "failures", "attempts", "window_failures", "ejections")
+    assert [rows["cartesia"][k] for k in evidence] == ["down", "stalled", 2, 3, 2, 1]
+    assert [rows["elevenlabs"][k] for k in evidence] == ["up", None, 1, 5, 1, 0]
+
+    cells = table_rows(cli("status", *on(redis, prefix)).stdout)
+    assert cells["provider"] == [
+        "state", "reason", "since", "left", "in a row", "failed", "ejections",
+    ]  # fmt: skip
+    assert cells["cartesia"][0:2] == ["down", "stalled"]
+    assert cells["cartesia"][4:] == ["2", "2/3", "1"]
+    assert cells["elevenlabs"][0] == "up"
+    assert cells["elevenlabs"][4:] == ["1", "1/5", "0"]
 
 
 def test_mark_down_shows_in_status_and_mark_up_clears_it(redis, prefix):
