@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         FailoverError,
         HealthStoreError,
     )
+    from pipecat_tts_failover.health import HealthPolicy
     from pipecat_tts_failover.latency import AdaptiveTimeout
     from pipecat_tts_failover.probes import CartesiaProbe, ElevenLabsProbe, ServiceProbe
     from pipecat_tts_failover.providers import normalize_provider_id
@@ -43,6 +44,7 @@ _EXPORTS = {
     "FailoverError": "pipecat_tts_failover.errors",
     "FailoverTTSService": "pipecat_tts_failover.service",
     "FailureReason": "pipecat_tts_failover.detection",
+    "HealthPolicy": "pipecat_tts_failover.health",
     "HealthStore": "pipecat_tts_failover.store",
     "HealthStoreError": "pipecat_tts_failover.errors",
     "InMemoryHealthStore": "pipecat_tts_failover.store",
@@ -63,6 +65,7 @@ __all__ = [
     "FailoverError",
     "FailoverTTSService",
     "FailureReason",
+    "HealthPolicy",
     "HealthStore",
     "HealthStoreError",
     "InMemoryHealthStore",

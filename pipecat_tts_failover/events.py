@@ -57,6 +57,9 @@ class ProviderDown:
         error: The provider's first error message, if there was one.
         since: Wall-clock time it went down.
         failed_sentences: Sentences it failed in the call that marked it down.
+        rule: The health rule that ejected it (``"permanent"``,
+            ``"consecutive"``, ``"rate"``); None when an operator did.
+        seconds: How long the ejection lasts, when known.
     """
 
     provider_id: str
@@ -64,6 +67,8 @@ class ProviderDown:
     error: str | None
     since: float
     failed_sentences: int
+    rule: str | None = None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +93,15 @@ class ProbeFinished:
         ok: Whether it produced real audio in time.
         reason: Why it failed, when it did.
         seconds: How long it took.
+        purpose: ``"recovery"`` (a provider that is down, before it comes
+            back) or ``"confirm"`` (right after it failed a caller's sentence).
     """
 
     provider_id: str
     ok: bool
     reason: FailureReason | None
     seconds: float
+    purpose: str = "recovery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +117,33 @@ class ProviderSlow:
     p95_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class FailureExcused:
+    """A provider failed an attempt, but the failure was not held against it in the fleet's health.
+
+    Parameters:
+        provider_id: The provider.
+        reason: Why the attempt failed.
+        cause: Why it was excused: ``"loop_lag"`` (this process's event loop
+            lagged past the health policy's bound while the attempt was
+            judged), ``"client_misuse"`` (the client broke one of the
+            provider's rules by its own use) or ``"panic_floor"`` (a rule was
+            met, but every other provider is down).
+    """
+
+    provider_id: str
+    reason: FailureReason
+    cause: str
+
+
 FailoverEvent = (
-    SentenceAttempted | FailedOver | ProviderDown | ProviderUp | ProbeFinished | ProviderSlow
+    SentenceAttempted
+    | FailedOver
+    | ProviderDown
+    | ProviderUp
+    | ProbeFinished
+    | ProviderSlow
+    | FailureExcused
 )
 
 

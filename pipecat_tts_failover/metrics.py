@@ -7,8 +7,12 @@ Both count the same things from the FailoverEvents the processor reports:
 - ``failovers_total{from_provider,to_provider,reason}``: sentences moved.
 - ``provider_up{provider}``: 1 once a provider is marked up, 0 once marked down.
 - ``failover_gap_seconds``: dead air of each failover that was eventually spoken.
-- ``probes_total{provider,result}``: recovery probes, ``result`` is ``"ok"`` or
-  the failure reason.
+- ``probes_total{provider,result}``: recovery and confirmation probes,
+  ``result`` is ``"ok"`` or the failure reason.
+- ``ejections_total{provider,rule}``: fleet ejections by the health rule that
+  made them (``permanent``, ``consecutive``, ``rate``; ``operator`` by hand).
+- ``failures_excused_total{provider,cause}``: failed attempts not held against
+  the provider (``loop_lag``, ``client_misuse``, ``panic_floor``).
 
 Neither ``prometheus_client`` nor ``opentelemetry`` is imported until a listener
 is constructed.
@@ -24,6 +28,7 @@ from loguru import logger
 from pipecat_tts_failover.events import (
     FailedOver,
     FailoverEvent,
+    FailureExcused,
     ProbeFinished,
     ProviderDown,
     ProviderUp,
@@ -60,8 +65,15 @@ class _MetricsListener:
                     )
                     if event.gap_seconds is not None:
                         self._observe_gap(event.gap_seconds)
-                case ProviderDown() | ProviderUp():
-                    self._set_up(event.provider_id, isinstance(event, ProviderUp))
+                case ProviderDown():
+                    self._set_up(event.provider_id, False)
+                    self._count(
+                        "ejections", provider=event.provider_id, rule=event.rule or "operator"
+                    )
+                case ProviderUp():
+                    self._set_up(event.provider_id, True)
+                case FailureExcused():
+                    self._count("excused", provider=event.provider_id, cause=event.cause)
                 case ProbeFinished():
                     result = (
                         "ok" if event.ok else (event.reason.value if event.reason else "failed")
@@ -99,6 +111,15 @@ class _PrometheusCollectors:
             ),
             "probes": prom.Counter(
                 "probes", "Recovery probes per provider, by result.", ["provider", "result"], **kw
+            ),
+            "ejections": prom.Counter(
+                "ejections", "Fleet ejections per provider, by rule.", ["provider", "rule"], **kw
+            ),
+            "excused": prom.Counter(
+                "failures_excused",
+                "Failed attempts not held against the provider, by cause.",
+                ["provider", "cause"],
+                **kw,
             ),
         }
         self.provider_up = prom.Gauge(
@@ -217,6 +238,14 @@ class OpenTelemetryMetrics(_MetricsListener):
             ),
             "probes": meter.create_counter(
                 "tts_failover.probes", unit="{probe}", description="Recovery probes."
+            ),
+            "ejections": meter.create_counter(
+                "tts_failover.ejections", unit="{ejection}", description="Fleet ejections."
+            ),
+            "excused": meter.create_counter(
+                "tts_failover.failures_excused",
+                unit="{attempt}",
+                description="Failed attempts not held against the provider.",
             ),
         }
         self._provider_up = meter.create_gauge(

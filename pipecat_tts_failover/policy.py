@@ -1,8 +1,9 @@
-"""Which provider a call and each of its sentences use: threshold and stickiness.
+"""Which provider a call and each of its sentences use: the call's own move, and stickiness.
 
 Pure: no I/O, no clock of its own. ``FailoverTTSService`` feeds it the health
-read from the store when the call starts and the outcome of every attempt, and
-writes the decisions it returns to the store.
+read from the store when the call starts, the fleet's ejections it learns of,
+and the outcome of every attempt. Whether the *fleet* ejects a provider is not
+decided here but in the store, on evidence (see :mod:`health`).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,13 +18,13 @@ class SentenceOutcome:
     """What the policy decided once a sentence was over.
 
     Parameters:
-        marked_down: Providers that crossed the failure threshold (or failed
-            permanently) on this sentence, with the reason: mark them down.
+        left: Providers this call stopped using on this sentence: they
+            crossed the failure threshold or failed permanently.
         moved_from: The provider the call was on before it moved, if it moved.
         moved_to: The provider the call is on from now on, if it moved.
     """
 
-    marked_down: tuple[tuple[str, FailureReason], ...] = ()
+    left: tuple[tuple[str, FailureReason], ...] = ()
     moved_from: str | None = None
     moved_to: str | None = None
 
@@ -33,17 +34,18 @@ class CallPolicy:
     """Provider choice for one call.
 
     The call starts on the first provider in preference order that the store
-    does not mark down. Each sentence tries the call's provider first, then the
-    others in preference order (those marked down last, as a last resort).
-    A provider that fails ``failure_threshold`` sentences in a row in this call,
-    or fails permanently, is marked down; if it was the call's provider, the
-    call moves for good to the provider that spoke the sentence, so the caller
-    hears one voice from then on.
+    does not mark down (in preference order when every one is: the panic
+    floor). Each sentence tries the call's provider first, then the others in
+    preference order (those down last, as a last resort). A provider that fails
+    ``failure_threshold`` sentences in a row in this call, or fails
+    permanently, is left: if it was the call's provider, the call moves for
+    good to the provider that spoke the sentence, so the caller hears one voice
+    from then on.
 
     Args:
         provider_ids: Provider ids in preference order.
-        failure_threshold: Consecutive failed sentences before a provider is
-            marked down and the call moves.
+        failure_threshold: Consecutive failed sentences in this call before
+            the call leaves a provider.
         health: Health per provider, read from the store at call start. A
             provider is down when its record has ``down_until`` set: stores
             report only mark-downs that are still in force.
@@ -130,9 +132,9 @@ class CallPolicy:
             spoken_by: The provider that spoke the sentence, or None if all failed.
 
         Returns:
-            The providers to mark down and where the call moved, if anywhere.
+            The providers the call left and where it moved, if anywhere.
         """
-        marked_down: list[tuple[str, FailureReason]] = []
+        left: list[tuple[str, FailureReason]] = []
         if not self.failover_enabled:
             return SentenceOutcome()
         for pid, reason in failures:
@@ -140,7 +142,7 @@ class CallPolicy:
             crossed = reason.is_permanent or self._failures[pid] >= self.failure_threshold
             if crossed and pid not in self._down:
                 self._down.add(pid)
-                marked_down.append((pid, reason))
+                left.append((pid, reason))
         if spoken_by is not None:
             self._failures[spoken_by] = 0
             self._down.discard(spoken_by)
@@ -149,10 +151,28 @@ class CallPolicy:
         if self.call_provider in self._down and spoken_by not in (None, self.call_provider):
             moved_from, moved_to = self.call_provider, spoken_by
             self.call_provider = spoken_by
-        return SentenceOutcome(tuple(marked_down), moved_from, moved_to)
+        return SentenceOutcome(tuple(left), moved_from, moved_to)
+
+    def leave(self, provider_id: str) -> tuple[str, str] | None:
+        """Stop using a provider at once (its service became unusable).
+
+        Returns:
+            ``(from_id, to_id)`` if it was the call's provider and the call
+            moved to another one that is not down, else None.
+        """
+        self._down.add(provider_id)
+        if provider_id != self.call_provider or not self.failover_enabled:
+            return None
+        if self.controls.pinned == provider_id:
+            return None
+        to_id = next((p for p in self.provider_ids if p not in self._down), None)
+        if to_id is None:
+            return None
+        self.call_provider = to_id
+        return provider_id, to_id
 
     def saw_down(self, provider_id: str):
-        """Note that the store has recorded a provider down (this call's own mark-down landed).
+        """Note that the store has recorded a provider down (an ejection this call wrote).
 
         From then on the store reporting it healthy means it recovered, even if
         no sentence start happened to read it down in between.

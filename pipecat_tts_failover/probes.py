@@ -19,11 +19,12 @@ from pipecat_tts_failover.recovery import PROBE_TEXT
 
 
 def _require(module: str, extra: str):
+    """Import the SDK now, at construction, so a probe's deadline never pays for the import."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as e:
         raise ImportError(
-            f'this probe needs the {module} package: pip install "pipecat-tts-failover[{extra}]"'
+            f'this probe needs the {extra} package: pip install "pipecat-tts-failover[{extra}]"'
         ) from e
 
 
@@ -104,7 +105,7 @@ class ElevenLabsProbe(_SdkProbe):
     ``sample_rate`` is one of 16000, 22050, 24000 or 44100.
     """
 
-    _package = "elevenlabs"
+    _package = "elevenlabs.client"
     _extra = "elevenlabs"
     _default_model = "eleven_flash_v2_5"
 

@@ -131,6 +131,8 @@ class ProviderLink:
         # Id of the interruption sent to drop what the service still pushes.
         self._draining: int | None = None
         self._lifecycle: dict[int, asyncio.Event] = {}
+        # The text of the request the listener is told of (as the service sends it).
+        self.request_text = ""
         service.add_event_handler("on_tts_request", self._on_tts_request)
 
     @property
@@ -138,11 +140,17 @@ class ProviderLink:
         """Whether the service can still be given work."""
         return self.service.is_usable
 
+    @property
+    def draining(self) -> bool:
+        """Whether what the service pushes is being dropped until an interruption comes out."""
+        return self._draining is not None
+
     def clock_ns(self) -> int:
         """The service's clock, in nanoseconds: pipecat stamps word frames' pts with it."""
         return self.service.get_clock().get_time()
 
     async def _on_tts_request(self, service: TTSService, context_id: str, text: str):
+        self.request_text = text
         if self.listener is not None:
             self.listener.request(self, context_id)
 

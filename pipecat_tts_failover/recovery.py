@@ -6,23 +6,32 @@ probe is a short synthesis; it succeeds only with real, non-silent audio within
 the first-audio deadline. Success marks the provider healthy; failure keeps it
 down and backs off exponentially with jitter, capped. No caller's speech is
 ever sent to a provider that is down.
+
+A provider without a probe of its own is probed through its own service in a
+live call that does not use it (see :mod:`link_probe`); while no call can, it
+stays down, so the first caller after an ejection is never the probe.
 """
 
 import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
+from pipecat.utils.errors import classify_http_exception
 
-from pipecat_tts_failover.detection import FailureReason, is_audible
+from pipecat_tts_failover.detection import FailureReason, is_audible, reason_for_error
 from pipecat_tts_failover.events import FailoverListener, ProbeFinished, ProviderUp
 from pipecat_tts_failover.store.base import HealthStore
 
 Probe = Callable[[], AsyncIterator[bytes]]
 """A short synthesis: an async iterator of 16-bit mono PCM chunks."""
+
+ProbeSource = Callable[[str], Callable[[], Awaitable["ProbeVerdict | None"]] | None]
+"""Offers a probe of a provider: a function running one and returning its verdict
+(None if it was cut short, say by the end of the call), or None if it cannot now."""
 
 PROBE_TEXT = "Hello."
 
@@ -71,7 +80,10 @@ async def run_probe(
         reason = FailureReason.SILENT_AUDIO if got_audio else FailureReason.NO_FIRST_AUDIO
         return ProbeVerdict(False, reason, loop.time() - started)
     except Exception as e:  # noqa: BLE001 - a probe's failure is a verdict, not a crash
-        return ProbeVerdict(False, FailureReason.ERROR, loop.time() - started, str(e))
+        reason = reason_for_error(
+            classify_http_exception(e), raised=False, usable=True, message=str(e)
+        )
+        return ProbeVerdict(False, reason, loop.time() - started, str(e))
     finally:
         aclose = getattr(chunks, "aclose", None)
         if aclose is not None:
@@ -118,6 +130,7 @@ class Recovery:
         self._jitter = jitter
         self._rng = rng
         self._probes: dict[str, Probe] = {}
+        self._sources: dict[int, ProbeSource] = {}
         self._listeners: list[FailoverListener] = []
         self._tasks: dict[str, asyncio.Task] = {}
         self._closed = False
@@ -135,9 +148,30 @@ class Recovery:
             if all(listener is not known for known in self._listeners):
                 self._listeners.append(listener)
 
+    def offer(self, owner: object, source: ProbeSource):
+        """Let recovery probe providers through ``source`` (a live call's idle links) until withdrawn."""
+        self._sources[id(owner)] = source
+
+    def withdraw(self, owner: object):
+        """Stop probing through what ``owner`` offered."""
+        self._sources.pop(id(owner), None)
+
+    def _probe_for(self, provider_id: str) -> Callable[[], Awaitable[ProbeVerdict | None]] | None:
+        """A way to probe the provider now: its own probe, else a live call's idle service."""
+        if probe := self._probes.get(provider_id):
+            return lambda: run_probe(
+                probe,
+                first_audio_timeout=self._first_audio_timeout,
+                silence_floor=self._silence_floor,
+            )
+        for source in list(self._sources.values()):
+            if run := source(provider_id):
+                return run
+        return None
+
     def watch(self, provider_id: str):
         """Start probing a provider that is marked down, unless already watching it."""
-        if self._closed or provider_id not in self._probes:
+        if self._closed:
             return
         task = self._tasks.get(provider_id)
         if task is None or task.done():
@@ -169,19 +203,25 @@ class Recovery:
             if health.down_until is None:
                 return
             await asyncio.sleep(max(0.0, health.down_until - time.time() - self.lead))
+            if self._probe_for(provider_id) is None:
+                # Nothing here can probe it: keep it down rather than let a
+                # caller find out; a worker with a live call will probe it.
+                await self._store.extend_down(provider_id, 2 * self.lead)
+                continue
             lock = f"probe:{provider_id}"
             if not await self._store.try_lock(lock, ttl=self.lead + self._first_audio_timeout):
                 # Another worker is probing: see what it found once it is done.
                 await asyncio.sleep(self.lead)
                 continue
             try:
-                verdict = await run_probe(
-                    self._probes[provider_id],
-                    first_audio_timeout=self._first_audio_timeout,
-                    silence_floor=self._silence_floor,
-                )
+                probe = self._probe_for(provider_id)
+                if probe is None:
+                    continue
+                verdict = await probe()
             finally:
                 await self._store.release_lock(lock)
+            if verdict is None:
+                continue
             self._notify(ProbeFinished(provider_id, verdict.ok, verdict.reason, verdict.seconds))
             if verdict.ok:
                 if await self._store.mark_up(provider_id):

@@ -1,14 +1,17 @@
 """FailoverTTSService: the processor that keeps a pipecat bot speaking when its TTS provider fails."""
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
+    ErrorFrame,
     Frame,
     InterruptionFrame,
     StartFrame,
@@ -20,7 +23,6 @@ from pipecat.services.tts_service import TTSService
 from pipecat.utils.errors import ErrorCategory
 
 from pipecat_tts_failover.config import (
-    DEFAULT_COOLDOWN,
     DEFAULT_FIRST_AUDIO_TIMEOUT,
     DEFAULT_SILENCE_FLOOR,
     DEFAULT_STALL_TIMEOUT,
@@ -29,22 +31,27 @@ from pipecat_tts_failover.config import (
     positive_int,
     positive_seconds,
 )
-from pipecat_tts_failover.detection import FailureReason
+from pipecat_tts_failover.detection import FailureReason, reason_for_error
 from pipecat_tts_failover.errors import AllProvidersFailedError
 from pipecat_tts_failover.events import (
     FailedOver,
     FailoverEvent,
     FailoverListener,
+    FailureExcused,
+    ProbeFinished,
     ProviderDown,
     ProviderSlow,
     ProviderUp,
     SentenceAttempted,
 )
+from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy, is_blamed
 from pipecat_tts_failover.latency import AdaptiveTimeout, parse_quantile
+from pipecat_tts_failover.link_probe import probe_link
+from pipecat_tts_failover.loop_lag import LoopLagMonitor, loop_lag_monitor
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink, provider_setup
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
-from pipecat_tts_failover.recovery import Probe, Recovery, recovery_for
+from pipecat_tts_failover.recovery import Probe, ProbeVerdict, Recovery, recovery_for
 from pipecat_tts_failover.relay import Relay, RelayHooks, SentenceReport
 from pipecat_tts_failover.speed import SpeedTracker
 from pipecat_tts_failover.store.base import Controls, HealthStore
@@ -78,10 +85,14 @@ class FailoverTTSService(BasePipeline):
     heard yet is handed to the next provider's service, from the first word not
     heard where the provider reports word timestamps, inside the same reply.
 
-    After ``failure_threshold`` consecutive failed sentences a provider is
-    marked down in the health store for ``cooldown`` seconds; if it was the
-    call's provider, the call stays on the backup that spoke for the rest of
-    the call, and new calls start on a provider that is not marked down.
+    The call moves at once: after ``failure_threshold`` failed sentences in a
+    row (one by default) it stays for the rest of the call on the backup that
+    spoke. Whether every new call avoids the provider is the fleet's decision,
+    taken on evidence kept in the health store by the rules of ``health``
+    (a :class:`HealthPolicy`): an isolated hiccup ejects nobody, a provider
+    that keeps failing (confirmed by probes through its idle service in the
+    call), fails at a high rate, or fails permanently is ejected, and is probed
+    back to health before any caller meets it again.
 
     Event handlers available:
 
@@ -118,7 +129,8 @@ class FailoverTTSService(BasePipeline):
         first_audio_timeout: float | str = DEFAULT_FIRST_AUDIO_TIMEOUT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         failure_threshold: int = 1,
-        cooldown: float = DEFAULT_COOLDOWN,
+        cooldown: float | None = None,
+        health: HealthPolicy | None = None,
         store: HealthStore | None = None,
         silence_floor: float = DEFAULT_SILENCE_FLOOR,
         alerters: Sequence[FailoverListener] = (),
@@ -150,10 +162,17 @@ class FailoverTTSService(BasePipeline):
             stall_timeout: Seconds the audio of a sentence may stop before its
                 end (and the most digital silence in a row, in seconds of audio)
                 before the provider has failed it.
-            failure_threshold: Consecutive failed sentences before a provider is
-                marked down and the call moves off it for good. Permanent errors
-                (authentication, authorization, invalid request) move at once.
-            cooldown: Seconds a provider stays marked down in the store.
+            failure_threshold: Failed sentences in a row in this call before the
+                call moves off a provider for good (the call's own move; it
+                does not eject the provider for the fleet, ``health`` does).
+                Permanent errors (authentication, authorization, invalid
+                request) move at once.
+            cooldown: Seconds the first ejection of a provider lasts: a
+                shorthand for ``health=HealthPolicy(ejection=cooldown)``
+                (later ejections of the same provider last longer).
+            health: The rules by which the fleet ejects a provider, on the
+                evidence of every sentence attempt of every call sharing the
+                store. Default ``HealthPolicy()``; see the configuration docs.
             store: Where provider health is kept. None uses one in-memory store
                 shared by every FailoverTTSService of the process.
             silence_floor: RMS level (on the 0..32768 scale of 16-bit audio) at
@@ -163,11 +182,13 @@ class FailoverTTSService(BasePipeline):
                 sent from the alerters' own tasks, never on the audio path.
             metrics: A metrics listener such as ``PrometheusMetrics``.
             probes: Recovery probes by provider id (``CartesiaProbe``,
-                ``ElevenLabsProbe``, ``ServiceProbe``). A provider with a probe
-                stays marked down until a probe speaks: it is probed shortly
-                before its cooldown ends, by one worker of the fleet, and
+                ``ElevenLabsProbe``, ``ServiceProbe``). A provider that is
+                ejected stays down until a probe speaks: it is probed shortly
+                before its ejection ends, by one worker of the fleet, and
                 again with exponential backoff while it fails. A provider
-                without one comes back when its cooldown ends.
+                without a probe of its own is probed through its own service
+                in a live call that is not using it (the probe's audio goes
+                nowhere), so no caller is the first to try it again.
             probe_backoff: Seconds before the probe after a first failed one.
             probe_backoff_max: The longest wait between probes.
             return_to_primary: ``"next_call"`` (a call in progress stays on its
@@ -252,7 +273,7 @@ class FailoverTTSService(BasePipeline):
             raise ValueError(f'standby must be "warm" or "cold", got {standby!r}')
         self._cold_standby = standby == "cold"
         self._failure_threshold = positive_int("failure_threshold", failure_threshold)
-        self._cooldown = positive_seconds("cooldown", cooldown)
+        self._health = _health_policy(health, cooldown)
         if store is not None and not isinstance(store, HealthStore):
             raise TypeError(f"store must be a HealthStore, not {type(store).__name__}")
         self._store: HealthStore = store if store is not None else default_store()
@@ -289,6 +310,15 @@ class FailoverTTSService(BasePipeline):
         )
         self._recovery: Recovery | None = None
         self._store_down: set[str] = set()
+        self._lag: LoopLagMonitor | None = None
+        # Providers whose unusable service or permanent failure this call has reported.
+        self._reported_unusable: set[str] = set()
+        # Each provider's last error, and the loop lag when it last failed.
+        self._last_error: dict[str, tuple[ErrorCategory | None, str]] = {}
+        self._lag_at_failure: dict[str, float] = {}
+        # Probes through this call's idle services, and those of them that confirm a failure.
+        self._probing: dict[str, asyncio.Task] = {}
+        self._confirming: dict[str, asyncio.Task] = {}
         listeners = [*alerters, *([metrics] if metrics is not None else [])]
         for listener in listeners:
             if not isinstance(listener, FailoverListener):
@@ -316,7 +346,7 @@ class FailoverTTSService(BasePipeline):
                 start_link=self._start_link,
                 spawn=lambda coro, name: self.create_task(coro, name=name),
                 cancel=self.cancel_task,
-                on_failed=lambda p, r: self._call_event_handler("on_sentence_failed", p, r),
+                on_failed=self._sentence_failed,
                 on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
                 on_report=self._on_report,
                 on_all_failed=self._all_failed,
@@ -328,6 +358,7 @@ class FailoverTTSService(BasePipeline):
         )
         for link in self._links.values():
             link.listener = self._relay
+            link.service.add_event_handler("on_error", self._remember_error)
         self._start_frame: StartFrame | None = None
         self._provider_setup: FrameProcessorSetup | None = None
 
@@ -396,6 +427,7 @@ class FailoverTTSService(BasePipeline):
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
         await super().cleanup()
+        await self._end_probes()
         await self._writer.stop()
         await self._cleanup_processors(
             [link.pipeline for link in self._links.values() if link.set_up]
@@ -453,17 +485,19 @@ class FailoverTTSService(BasePipeline):
         self._store_down = down
         self._policy = CallPolicy(ids, self._failure_threshold, health, controls, canary)
         await self._speed.seed(ids, _STORE_READ_TIMEOUT, str(self))
-        if self._probes:
-            self._recovery = recovery_for(
-                self._store,
-                first_audio_timeout=self._deadlines.first_audio,
-                silence_floor=self._deadlines.silence_floor,
-                backoff_base=self._probe_backoff,
-                backoff_max=self._probe_backoff_max,
-            )
-            self._recovery.add(self._probes, self._listeners)
-            for pid in down:
-                self._recovery.watch(pid)
+        self._lag = loop_lag_monitor()
+        self._lag.acquire()
+        self._recovery = recovery_for(
+            self._store,
+            first_audio_timeout=self._deadlines.first_audio,
+            silence_floor=self._deadlines.silence_floor,
+            backoff_base=self._probe_backoff,
+            backoff_max=self._probe_backoff_max,
+        )
+        self._recovery.add(self._probes, self._listeners)
+        self._recovery.offer(self, self._recovery_probe)
+        for pid in down:
+            self._recovery.watch(pid)
         if self._prefer_faster and not controls.pinned:
             self._prefer_faster_provider()
         if self._policy.down:
@@ -479,6 +513,7 @@ class FailoverTTSService(BasePipeline):
         await self._set_up_links(starting)
         for link in starting:
             await link.send_lifecycle(frame, timeout=None)
+        self._order_for_speech()  # reports a provider whose service is unusable already
 
     def _prefer_faster_provider(self):
         """Start the call on a faster provider while its own is reported slow."""
@@ -509,14 +544,50 @@ class FailoverTTSService(BasePipeline):
         return await link.send_lifecycle(self._start_frame, _COLD_START_TIMEOUT)
 
     def _order_for_speech(self) -> list[str]:
-        """The providers to try for what comes next, the call's provider first."""
+        """The providers to try for what comes next, the call's provider first.
+
+        A provider whose service has become unusable is left out, and
+        reported once: events, the fleet's health, the call's move.
+        """
         unusable = [pid for pid, link in self._links.items() if not link.is_usable]
-        return self._policy.order_for_sentence(unusable)
+        for pid in unusable:
+            if pid not in self._reported_unusable:
+                self._report_unusable(pid)
+        skip = [*unusable, *self._probing]
+        return self._policy.order_for_sentence(skip)
+
+    def _report_unusable(self, pid: str):
+        """Report a provider the call skips because pipecat marked its service unusable."""
+        self._reported_unusable.add(pid)
+        category, message = self._last_error.get(pid, (None, ""))
+        reason = reason_for_error(category, raised=False, usable=False, message=message)
+        if not reason.is_permanent:
+            reason = FailureReason.UNUSABLE
+        moved = self._policy.leave(pid)
+        logger.warning(f"{self}: {pid} is unusable ({reason}); skipping it")
+
+        async def report():
+            self._notify(SentenceAttempted(pid, reason))
+            await self._call_event_handler("on_sentence_failed", pid, reason)
+            if moved is not None:
+                self._notify(FailedOver(moved[0], moved[1], reason, None))
+                await self._call_event_handler("on_failover", moved[0], moved[1], reason)
+
+        self.create_task(report(), name=f"unusable::{pid}")
+        self._record(pid, reason, message or None)
+
+    def _remember_error(self, service: TTSService, error: ErrorFrame):
+        """Keep each provider's last error: it names why a service became unusable."""
+        for pid, link in self._links.items():
+            if link.service is service:
+                self._last_error[pid] = (error.category, error.error)
 
     async def _stop(self, frame: EndFrame):
         await self._relay.finish(frame, _END_OF_CALL_TIMEOUT)
         self._speed.share(self._writer)
         await self._writer.drain(timeout=2.0)
+        await self._finish_confirmations()
+        await self._end_probes()
         # A fresh EndFrame each: an interrupted service may have dropped the call's own.
         await asyncio.gather(
             *(
@@ -528,6 +599,7 @@ class FailoverTTSService(BasePipeline):
         await self._writer.stop()
 
     async def _cancel(self, frame: CancelFrame):
+        await self._end_probes()
         await self._relay.cancel()
         await asyncio.gather(
             *(
@@ -589,38 +661,194 @@ class FailoverTTSService(BasePipeline):
         errors: dict[str, str | None],
         spoken_by: str | None,
     ):
-        """Apply the policy's decision and queue the store writes it calls for."""
+        """Apply the call's move and record every attempt in the fleet's health."""
         outcome = self._policy.sentence_done(failures, spoken_by)
         for pid, reason in failures:
-            self._writer.submit(
-                lambda pid=pid, reason=reason: self._store.record_failure(pid, reason)
-            )
+            self._record(pid, reason, errors.get(pid), confirm=True)
         if spoken_by is not None:
-            self._writer.submit(lambda: self._store.record_success(spoken_by))
+            self._record(spoken_by, None)
             if spoken_by in self._store_down:
                 # A canary (or a last resort) spoke: the provider is back.
                 self._store_down.discard(spoken_by)
                 self._writer.submit(lambda: self._mark_up(spoken_by))
-        for pid, reason in outcome.marked_down:
-            logger.warning(f"{self}: marking {pid} down for {self._cooldown:g}s ({reason})")
-            failed = sum(1 for p, _ in failures if p == pid)
-            self._writer.submit(
-                lambda pid=pid, reason=reason, failed=failed: self._mark_down(
-                    pid, reason, errors.get(pid), failed
-                )
-            )
         if outcome.moved_to is not None:
             logger.warning(
                 f"{self}: call moved from {outcome.moved_from} to {outcome.moved_to} for good"
             )
 
-    async def _mark_down(self, pid: str, reason: FailureReason, error: str | None, failed: int):
-        """Mark a provider down; the one worker whose write changed the state reports it."""
-        if await self._store.mark_down(pid, reason=reason, cooldown=self._cooldown):
-            self._notify(ProviderDown(pid, reason, error, time.time(), failed))
+    async def _sentence_failed(self, pid: str, reason: FailureReason):
+        """A provider failed what it was speaking: note the loop's lag now, tell the app."""
+        if self._lag is not None:
+            since = asyncio.get_running_loop().time() - self._deadlines.first_audio - 0.5
+            self._lag_at_failure[pid] = self._lag.worst_since(since)
+        if reason.is_permanent:
+            self._reported_unusable.add(pid)
+        await self._call_event_handler("on_sentence_failed", pid, reason)
+
+    def _excuse(self, pid: str, reason: FailureReason, lag: float) -> str | None:
+        """Why a failure is not held against the provider, if it is not."""
+        if not is_blamed(reason):
+            return "client_misuse"
+        if lag > self._health.max_loop_lag:
+            return "loop_lag"
+        return None
+
+    def _record(
+        self, pid: str, failure: FailureReason | None, error: str | None = None, confirm=False
+    ):
+        """Queue one attempt's outcome for the fleet's health (off the audio path)."""
+        if failure is not None:
+            lag = self._lag_at_failure.pop(pid, 0.0)
+            if cause := self._excuse(pid, failure, lag):
+                logger.info(f"{self}: {pid} failed ({failure}) but is not blamed: {cause}")
+                self._notify(FailureExcused(pid, failure, cause))
+                return
+        self._writer.submit(lambda: self._write_attempt(pid, failure, error, confirm=confirm))
+
+    async def _write_attempt(
+        self, pid: str, failure: FailureReason | None, error: str | None, *, confirm: bool
+    ) -> AttemptVerdict:
+        """Record an attempt in the store; report an ejection this write made.
+
+        With ``confirm``, a failure that ejected nobody is checked at once by
+        probes through the provider's now idle service in this call.
+        """
+        verdict = await self._store.record_attempt(
+            pid,
+            failure,
+            policy=self._health,
+            peers=self.provider_ids,
+            draw=random.uniform(-1.0, 1.0),
+        )
+        if failure is None:
+            return verdict
+        if verdict.ejected:
+            now = time.time()
+            seconds = verdict.down_until - now if verdict.down_until else None
+            logger.warning(
+                f"{self}: {pid} ejected for the fleet ({verdict.rule}: {failure})"
+                + (f" for {seconds:.0f}s" if seconds else "")
+            )
+            self._notify(ProviderDown(pid, failure, error, now, 1, verdict.rule, seconds))
+            self._eject_seen(pid)
+        elif verdict.spared:
+            logger.info(f"{self}: {pid} kept in: every other provider is down (panic floor)")
+            self._notify(FailureExcused(pid, failure, "panic_floor"))
+        elif verdict.down_until is not None:
+            self._eject_seen(pid)
+        elif confirm and self._health.confirm_probes and pid not in self._probing:
+            self._confirm(pid)
+        return verdict
+
+    def _eject_seen(self, pid: str):
+        """The fleet ejected a provider: this call leaves it, and recovery watches it."""
+        self._store_down.add(pid)
         self._policy.saw_down(pid)
         if self._recovery is not None:
             self._recovery.watch(pid)
+
+    #
+    # Probes through the call's idle services
+    #
+
+    def _can_probe(self, link: ProviderLink) -> bool:
+        """Whether a provider's service in this call is free for a probe."""
+        return (
+            link.provider_id != self._policy.call_provider
+            and link.provider_id not in self._probing
+            and not link.ended
+            and link.is_usable
+            and (link.started or self._cold_standby)
+            and self._start_frame is not None
+            and not self._relay.uses(link)
+        )
+
+    def _confirm(self, pid: str):
+        """Probe a provider that just failed, up to ``confirm_probes`` times, and record the outcomes."""
+        link = self._links[pid]
+        if not self._can_probe(link):
+            return
+
+        async def confirm():
+            for _ in range(self._health.confirm_probes):
+                verdict = await self._probe(link, "confirm")
+                if verdict.reason is not None and self._excuse(pid, verdict.reason, verdict.lag):
+                    return
+                recorded = await self._write_attempt(
+                    pid, verdict.reason, verdict.error, confirm=False
+                )
+                if verdict.ok or recorded.down_until is not None:
+                    return
+                if not self._can_probe_again(link):
+                    return
+
+        task = self.create_task(confirm(), name=f"confirm::{pid}")
+        self._probing[pid] = self._confirming[pid] = task
+        task.add_done_callback(lambda _: self._probing.pop(pid, None))
+        task.add_done_callback(lambda _: self._confirming.pop(pid, None))
+
+    def _can_probe_again(self, link: ProviderLink) -> bool:
+        return not link.ended and link.is_usable and not self._relay.uses(link)
+
+    async def _probe(self, link: ProviderLink, purpose: str) -> "_Probed":
+        """One probe through an idle link; the loop's worst lag during it comes with the verdict."""
+        await self._start_link(link)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        verdict = await probe_link(
+            link,
+            first_audio_timeout=self._speed.deadlines(link.provider_id, False).first_audio,
+            silence_floor=self._deadlines.silence_floor,
+        )
+        self._notify(
+            ProbeFinished(link.provider_id, verdict.ok, verdict.reason, verdict.seconds, purpose)
+        )
+        lag = self._lag.worst_since(started) if self._lag is not None else 0.0
+        return _Probed(verdict.ok, verdict.reason, verdict.error, lag)
+
+    def _recovery_probe(self, pid: str):
+        """Offer recovery a probe of an ejected provider through this call's idle service."""
+        link = self._links.get(pid)
+        if link is None or not self._can_probe(link):
+            return None
+
+        async def run() -> ProbeVerdict | None:
+            if not self._can_probe(link):
+                return None
+            task = self.create_task(self._probe(link, "recovery"), name=f"recovery-probe::{pid}")
+            self._probing[pid] = task
+            try:
+                probed = await task
+            except asyncio.CancelledError:
+                if task.cancelled() and not asyncio.current_task().cancelling():
+                    return None  # the call ended under the probe: no verdict
+                raise
+            finally:
+                self._probing.pop(pid, None)
+            if probed.reason is not None and self._excuse(pid, probed.reason, probed.lag):
+                return None
+            return ProbeVerdict(probed.ok, probed.reason, 0.0, probed.error)
+
+        return run
+
+    async def _finish_confirmations(self):
+        """Let confirmation probes in flight finish at the end of a call: the fleet needs their evidence."""
+        tasks = list(self._confirming.values())
+        if not tasks:
+            return
+        bound = self._health.confirm_probes * (self._deadlines.first_audio + 1.0)
+        await asyncio.wait(tasks, timeout=bound)
+
+    async def _end_probes(self):
+        """Stop this call's probes and its offer to recovery; let go of the lag monitor."""
+        if self._recovery is not None:
+            self._recovery.withdraw(self)
+        for task in list(self._probing.values()):
+            await self.cancel_task(task)
+        self._probing.clear()
+        if self._lag is not None:
+            lag, self._lag = self._lag, None
+            await lag.release()
 
     async def _mark_up(self, pid: str):
         health = (await self._store.get([pid]))[pid]
@@ -645,6 +873,33 @@ class FailoverTTSService(BasePipeline):
         logger.debug(f"{self}: unspoken text [{text}]")
         await self._call_event_handler("on_all_providers_failed", text)
         await self.push_error(str(error), exception=error, category=ErrorCategory.SERVER)
+
+
+@dataclass(frozen=True, slots=True)
+class _Probed:
+    """A probe's verdict through a call's idle service, with the loop's worst lag during it."""
+
+    ok: bool
+    reason: FailureReason | None
+    error: str | None
+    lag: float
+
+
+def _health_policy(health: HealthPolicy | None, cooldown: float | None) -> HealthPolicy:
+    """The health policy from ``health=`` and the ``cooldown=`` shorthand."""
+    if health is not None and not isinstance(health, HealthPolicy):
+        raise TypeError(f"health must be a HealthPolicy, not {type(health).__name__}")
+    if cooldown is None:
+        return health or HealthPolicy()
+    seconds = positive_seconds("cooldown", cooldown)
+    if health is not None:
+        raise ValueError(
+            "give cooldown or health, not both: cooldown=N is HealthPolicy(ejection=N)"
+        )
+    defaults = HealthPolicy()
+    return dataclasses.replace(
+        defaults, ejection=seconds, max_ejection=max(seconds, defaults.max_ejection)
+    )
 
 
 def _claim(service: TTSService, owner: FailoverTTSService):

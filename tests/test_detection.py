@@ -31,12 +31,54 @@ def test_error_classification():
     assert (
         reason_for_error(ErrorCategory.UNKNOWN, raised=True, usable=True) is FailureReason.EXCEPTION
     )
-    for category in (ErrorCategory.AUTHENTICATION, ErrorCategory.INVALID_REQUEST):
-        assert (
-            reason_for_error(category, raised=False, usable=True) is FailureReason.PERMANENT_ERROR
-        )
+    # pipecat's category names the reason, permanent ones first.
+    expected = {
+        ErrorCategory.AUTHENTICATION: FailureReason.AUTHENTICATION,
+        ErrorCategory.AUTHORIZATION: FailureReason.AUTHENTICATION,
+        ErrorCategory.INVALID_REQUEST: FailureReason.INVALID_REQUEST,
+        ErrorCategory.QUOTA: FailureReason.QUOTA,
+        ErrorCategory.RATE_LIMIT: FailureReason.RATE_LIMITED,
+        ErrorCategory.SERVER: FailureReason.SERVER_ERROR,
+        ErrorCategory.CONNECTIVITY: FailureReason.CONNECTIVITY,
+    }
+    for category, reason in expected.items():
+        assert reason_for_error(category, raised=False, usable=True) is reason, category
+    # A service left unusable is unusable, unless its category says more.
     assert (
-        reason_for_error(ErrorCategory.SERVER, raised=False, usable=False)
-        is FailureReason.PERMANENT_ERROR
+        reason_for_error(ErrorCategory.SERVER, raised=False, usable=False) is FailureReason.UNUSABLE
     )
+    assert (
+        reason_for_error(ErrorCategory.AUTHENTICATION, raised=False, usable=False)
+        is FailureReason.AUTHENTICATION
+    )
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        ("Cartesia error: status 503, overloaded", FailureReason.SERVER_ERROR),
+        ('{"status_code": 401, "detail": "bad key"}', FailureReason.AUTHENTICATION),
+        ("server rejected WebSocket connection: HTTP 429", FailureReason.RATE_LIMITED),
+        ("Error (402)", FailureReason.QUOTA),
+        ("max_active_conversations: too many open contexts", FailureReason.CLIENT_MISUSE),
+        ("something broke", FailureReason.ERROR),
+    ],
+)
+def test_a_status_code_or_rule_quoted_in_the_message_names_the_reason(message, reason):
+    assert reason_for_error(None, raised=False, usable=True, message=message) is reason
+    assert (
+        reason_for_error(ErrorCategory.UNKNOWN, raised=False, usable=True, message=message)
+        is reason
+    )
+
+
+def test_permanent_reasons():
     assert FailureReason.PERMANENT_ERROR.is_permanent and not FailureReason.STALLED.is_permanent
+    permanent = {r for r in FailureReason if r.is_permanent}
+    assert permanent == {
+        FailureReason.AUTHENTICATION,
+        FailureReason.INVALID_REQUEST,
+        FailureReason.QUOTA,
+        FailureReason.PERMANENT_ERROR,
+        FailureReason.UNUSABLE,
+    }

@@ -28,10 +28,10 @@ def test_failures_below_threshold_keep_the_call_on_its_provider():
     policy = CallPolicy(IDS, 3)
     for _ in range(2):
         outcome = policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
-        assert outcome.marked_down == () and outcome.moved_to is None
+        assert outcome.left == () and outcome.moved_to is None
         assert policy.order_for_sentence() == ["a", "b", "c"]
     outcome = policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
-    assert outcome.marked_down == (("a", FailureReason.ERROR),)
+    assert outcome.left == (("a", FailureReason.ERROR),)
     assert (outcome.moved_from, outcome.moved_to) == ("a", "b")
     assert policy.order_for_sentence() == ["b", "c", "a"]
 
@@ -41,13 +41,13 @@ def test_a_spoken_sentence_resets_the_count():
     policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
     policy.sentence_done([], spoken_by="a")
     outcome = policy.sentence_done([("a", FailureReason.ERROR)], spoken_by="b")
-    assert outcome.marked_down == () and policy.call_provider == "a"
+    assert outcome.left == () and policy.call_provider == "a"
 
 
 def test_permanent_failure_moves_at_once():
     policy = CallPolicy(IDS, 10)
     outcome = policy.sentence_done([("a", FailureReason.PERMANENT_ERROR)], spoken_by="b")
-    assert outcome.marked_down == (("a", FailureReason.PERMANENT_ERROR),)
+    assert outcome.left == (("a", FailureReason.PERMANENT_ERROR),)
     assert policy.call_provider == "b"
 
 
@@ -56,7 +56,7 @@ def test_call_moves_to_the_provider_that_spoke_and_stays():
     outcome = policy.sentence_done(
         [("a", FailureReason.NO_FIRST_AUDIO), ("b", FailureReason.STALLED)], spoken_by="c"
     )
-    assert [pid for pid, _ in outcome.marked_down] == ["a", "b"]
+    assert [pid for pid, _ in outcome.left] == ["a", "b"]
     assert policy.call_provider == "c"
     # No flip-flop: a later sentence spoken fine keeps the call where it is.
     assert policy.sentence_done([], spoken_by="c").moved_to is None
@@ -87,7 +87,7 @@ def test_kill_switch_keeps_one_provider_and_marks_nothing_down():
     policy = CallPolicy(IDS, 1, {"a": DOWN}, Controls(failover_enabled=False))
     assert policy.call_provider == "a"
     assert policy.order_for_sentence() == ["a"]
-    assert policy.sentence_done([("a", FailureReason.ERROR)], spoken_by=None).marked_down == ()
+    assert policy.sentence_done([("a", FailureReason.ERROR)], spoken_by=None).left == ()
 
 
 def test_canary_call_tries_a_provider_marked_down():

@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from pipecat.frames.frames import TTSSpeakFrame
+from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
 from pipecat_tts_failover import CartesiaProbe, ElevenLabsProbe, FailoverTTSService, ServiceProbe
 from pipecat_tts_failover.detection import FailureReason
@@ -38,8 +38,8 @@ def probe_for(emu, **kwargs):
         (None, None),
         ("zeros", FailureReason.SILENT_AUDIO),
         ("hang", FailureReason.NO_FIRST_AUDIO),
-        ("reject-401", FailureReason.ERROR),
-        ("reject-503", FailureReason.ERROR),
+        ("reject-401", FailureReason.AUTHENTICATION),
+        ("reject-503", FailureReason.SERVER_ERROR),
     ],
 )
 async def test_sdk_probe_judges_the_provider(emulator, fault, reason):
@@ -117,12 +117,26 @@ async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end(a
                 alerters=[recorder],
             )
 
+        def recovery_probes() -> list[ProbeFinished]:
+            return [
+                e
+                for e in recorder.events
+                if isinstance(e, ProbeFinished) and e.purpose == "recovery"
+            ]
+
         async with PipelineHarness(failover()) as h:
             await h.send(TTSSpeakFrame(SENTENCES[0]))
+            await h.wait_for(lambda: h.of(TTSStoppedFrame))
+            # The call confirms the failure through its idle primary: the fleet ejects it.
+            async with asyncio.timeout(10):
+                while (await store.get(["cartesia"]))["cartesia"].down_until is None:
+                    await asyncio.sleep(0.02)
         assert h.words == SENTENCES[0].split()
-        # The probes run against the still-broken primary and fail...
+        confirmations = [e for e in recorder.events if isinstance(e, ProbeFinished)]
+        assert [(e.purpose, e.ok) for e in confirmations] == [("confirm", False)] * 2
+        # The recovery probes run against the still-broken primary and fail...
         async with asyncio.timeout(10):
-            while len([e for e in recorder.events if isinstance(e, ProbeFinished)]) < 2:
+            while len(recovery_probes()) < 2:
                 await asyncio.sleep(0.02)
         assert (await store.get(["cartesia"]))["cartesia"].down_until is not None
         calls_during_outage = len(cartesia.requests)
@@ -135,7 +149,7 @@ async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end(a
         async with asyncio.timeout(15):
             while not [e for e in recorder.events if isinstance(e, ProviderUp)]:
                 await asyncio.sleep(0.02)
-        probes = [e for e in recorder.events if isinstance(e, ProbeFinished)]
+        probes = recovery_probes()
         assert not probes[0].ok and probes[-1].ok
         assert all(not p.ok for p in probes[:-1])
         # Only probes reached the primary meanwhile (no caller's sentence).

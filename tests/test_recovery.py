@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
-from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
+from pipecat_tts_failover import (
+    FailoverTTSService,
+    FailureReason,
+    HealthPolicy,
+    InMemoryHealthStore,
+)
 from pipecat_tts_failover.events import ProbeFinished, ProviderUp
-from pipecat_tts_failover.recovery import Recovery, close_recovery, run_probe
+from pipecat_tts_failover.recovery import PROBE_TEXT, Recovery, close_recovery, run_probe
 from pipecat_tts_failover.store.base import Controls
 from tests.support.pipeline import PipelineHarness
 from tests.support.scripted import ScriptedTTSService, decode_audio, plan
@@ -64,7 +69,7 @@ async def _close_recovery():
         ("speak", None),
         ("zeros", FailureReason.SILENT_AUDIO),
         ("hang", FailureReason.NO_FIRST_AUDIO),
-        ("raise", FailureReason.ERROR),
+        ("raise", FailureReason.CONNECTIVITY),
         ("empty", FailureReason.NO_AUDIO),
     ],
 )
@@ -90,7 +95,7 @@ async def test_failed_probes_back_off_then_recovery_marks_the_provider_up():
             await asyncio.sleep(0.01)
     probes = recorder.of(ProbeFinished)
     assert [(p.ok, p.reason) for p in probes] == [
-        (False, FailureReason.ERROR),
+        (False, FailureReason.CONNECTIVITY),
         (False, FailureReason.SILENT_AUDIO),
         (True, None),
     ]
@@ -169,7 +174,13 @@ async def test_recovered_primary_takes_the_next_call_end_to_end():
         probe_backoff=0.05,
         alerters=[recorder],
     )
-    await speak(tts, SENTENCES[:1])
+    async with PipelineHarness(tts) as h:
+        await h.send(TTSSpeakFrame(SENTENCES[0]))
+        await h.wait_for(lambda: h.of(TTSStoppedFrame))
+        # The call confirms the failure through its idle primary: the fleet ejects it.
+        async with asyncio.timeout(5):
+            while (await store.get(["primary"]))["primary"].down_until is None:
+                await asyncio.sleep(0.01)
     # While down, a new call stays off the primary.
     second = providers()
     await speak(FailoverTTSService(services=second, store=store), SENTENCES[:1])
@@ -178,7 +189,10 @@ async def test_recovered_primary_takes_the_next_call_end_to_end():
     async with asyncio.timeout(10):
         while not recorder.of(ProviderUp):
             await asyncio.sleep(0.01)
-    assert [p.ok for p in recorder.of(ProbeFinished)] == [False, True]
+    recovery_probes = [p for p in recorder.of(ProbeFinished) if p.purpose == "recovery"]
+    assert [p.ok for p in recovery_probes] == [False, True]
+    # Before that, the first call confirmed the failure through its idle primary.
+    assert [p.purpose for p in recorder.of(ProbeFinished)][:2] == ["confirm", "confirm"]
     third = providers()
     h = await speak(FailoverTTSService(services=third, store=store))
     assert third["primary"].requests == SENTENCES
@@ -189,7 +203,11 @@ async def test_return_to_primary_immediately_moves_a_call_in_progress_back():
     store = InMemoryHealthStore()
     services = providers(plan({0: "hang"}))
     tts = FailoverTTSService(
-        services=services, store=store, first_audio_timeout=0.2, return_to_primary="immediately"
+        services=services,
+        store=store,
+        first_audio_timeout=0.2,
+        return_to_primary="immediately",
+        health=HealthPolicy(consecutive=1, confirm_probes=0),
     )
     async with PipelineHarness(tts) as h:
         await h.send(TTSSpeakFrame(SENTENCES[0]))
@@ -215,7 +233,8 @@ async def test_by_default_a_call_in_progress_stays_on_its_provider():
         await h.wait_for(lambda: len(services["backup"].requests) == 1)
         await store.mark_up("primary")
         await h.send(TTSSpeakFrame(SENTENCES[1]))
-    assert services["primary"].requests == SENTENCES[:1]
+    # The primary was asked again only by the probes confirming its failure.
+    assert [r for r in services["primary"].requests if r != PROBE_TEXT] == SENTENCES[:1]
 
 
 async def test_canary_call_that_speaks_marks_the_primary_up():

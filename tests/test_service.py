@@ -20,8 +20,10 @@ from pipecat_tts_failover import (
     AdaptiveTimeout,
     FailoverTTSService,
     FailureReason,
+    HealthPolicy,
     InMemoryHealthStore,
 )
+from pipecat_tts_failover.recovery import PROBE_TEXT
 from tests.support.pipeline import FirstPushObserver, PipelineHarness
 from tests.support.scripted import ScriptedTTSService, decode_audio, plan
 
@@ -41,7 +43,7 @@ FAULT_REASONS = {
     "stall": FailureReason.STALLED,
     "empty": FailureReason.NO_AUDIO,
     "zeros": FailureReason.SILENT_AUDIO,
-    "auth": FailureReason.PERMANENT_ERROR,
+    "auth": FailureReason.AUTHENTICATION,
 }
 
 
@@ -53,9 +55,18 @@ def providers(*fault_plans, **kwargs) -> dict[str, ScriptedTTSService]:
     }
 
 
+# The fleet's ejection rule of version 0.1 (the first failure ejects), without
+# confirmation probes: a probe is one more request to a scripted service, whose
+# faults are planned per request. The health rules have tests of their own
+# (tests/test_health.py).
+FIRST_FAILURE_EJECTS = HealthPolicy(consecutive=1, confirm_probes=0, jitter=0.0)
+
+
 def failover(services, store, **kwargs) -> FailoverTTSService:
     kwargs.setdefault("first_audio_timeout", 0.3)
     kwargs.setdefault("stall_timeout", 0.3)
+    if "cooldown" not in kwargs:
+        kwargs.setdefault("health", FIRST_FAILURE_EJECTS)
     return FailoverTTSService(services=services, store=store, **kwargs)
 
 
@@ -174,9 +185,10 @@ async def test_first_word_is_judged_at_the_rate_the_provider_was_measured_at(sto
     # the second sentence: "Your" was said whole, in less audio than a typical
     # speaker needs for it; the rate measured on the first sentence tells so,
     # and the word is not said twice.
-    # (a threshold of two keeps the primary from being marked down for the next call)
+    # (the default health rules keep the primary in for the next call)
     services = providers(plan({1: "stall"}), None, stall_after_words=1, ms_per_char=30)
-    h = await speak_all(failover(services, store, failure_threshold=2), SENTENCES[:2])
+    keep = HealthPolicy(confirm_probes=0)
+    h = await speak_all(failover(services, store, failure_threshold=2, health=keep), SENTENCES[:2])
 
     assert services["secondary"].requests == [" ".join(SENTENCES[1].split()[1:])]
     assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
@@ -184,7 +196,7 @@ async def test_first_word_is_judged_at_the_rate_the_provider_was_measured_at(sto
 
     # The process remembers it: the next call's very first sentence is judged the same way.
     services = providers(plan({0: "stall"}), None, stall_after_words=1, ms_per_char=30)
-    h = await speak_all(failover(services, store, failure_threshold=2), SENTENCES[:1])
+    h = await speak_all(failover(services, store, failure_threshold=2, health=keep), SENTENCES[:1])
     assert services["secondary"].requests == [" ".join(SENTENCES[0].split()[1:])]
     assert heard(h) == SENTENCES[0].split()
 
@@ -262,7 +274,7 @@ async def test_late_audio_from_an_abandoned_attempt_never_reaches_the_caller(sto
 
 async def test_below_threshold_next_sentence_tries_primary_again(store):
     services = providers(plan({0: "hang"}), None)
-    tts = failover(services, store, failure_threshold=2)
+    tts = failover(services, store, failure_threshold=2, health=HealthPolicy(confirm_probes=0))
     h = await speak_turns(tts)
     assert heard(h) == ALL_WORDS
     assert services["primary"].requests == SENTENCES
@@ -272,7 +284,12 @@ async def test_below_threshold_next_sentence_tries_primary_again(store):
 
 async def test_after_threshold_call_stays_on_backup_and_store_marks_primary_down(store):
     services = providers(plan({0: "hang", 1: "error"}), None, stall_after_words=0)
-    tts = failover(services, store, failure_threshold=2, cooldown=30)
+    tts = failover(
+        services,
+        store,
+        failure_threshold=2,
+        health=HealthPolicy(consecutive=2, confirm_probes=0, jitter=0.0),
+    )
     moves = []
 
     @tts.event_handler("on_failover")
@@ -300,20 +317,23 @@ async def test_permanent_error_moves_the_call_at_once_whatever_the_threshold(sto
     h = await speak_all(tts)
     assert heard(h) == ALL_WORDS
     assert services["primary"].requests == SENTENCES[:1]
-    assert (await store.get(["primary"]))["primary"].reason is FailureReason.PERMANENT_ERROR
+    assert (await store.get(["primary"]))["primary"].reason is FailureReason.AUTHENTICATION
 
 
 async def test_next_call_starts_on_healthy_provider_until_cooldown_ends():
     now = [1000.0]
     store = InMemoryHealthStore(clock=lambda: now[0])
+    policy = HealthPolicy(consecutive=1, confirm_probes=0, jitter=0.0, ejection=60)
     first = providers(plan(every="hang"), None)
-    await speak_all(failover(first, store, cooldown=60), SENTENCES[:1])
+    await speak_all(failover(first, store, health=policy), SENTENCES[:1])
 
     second = providers(None, None)
-    tts = failover(second, store, cooldown=60)
+    tts = failover(second, store, health=policy)
     h = await speak_all(tts, SENTENCES[:2])
     assert tts.active_provider == "secondary"
-    assert second["primary"].requests == []  # sent nothing while marked down
+    # No caller's words went to the primary while it was down (recovery may
+    # have probed it through this call's idle service).
+    assert [r for r in second["primary"].requests if r != PROBE_TEXT] == []
     assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
 
     now[0] += 61

@@ -1,0 +1,90 @@
+"""How late this process's event loop runs: blame yourself before blaming a provider.
+
+A first-audio deadline that expires while the loop is hundreds of
+milliseconds behind says more about this process than about the provider. One
+small task per event loop wakes every ``interval`` seconds and notes how late
+it woke; ``FailoverTTSService`` asks for the worst lag over the time an attempt
+was judged, and does not hold a failure against the provider when it passed
+the health policy's ``max_loop_lag``.
+"""
+
+import asyncio
+from collections import deque
+
+_INTERVAL = 0.05
+# Lags kept: a minute at the interval, more than any attempt lasts.
+_KEPT = 1200
+
+
+class LoopLagMonitor:
+    """Measures the running event loop's lag while at least one call uses it.
+
+    Calls take it with :meth:`acquire` and give it back with :meth:`release`;
+    the monitoring task runs while one holds it, and is cancelled and awaited
+    when the last one lets go.
+
+    Args:
+        interval: Seconds between wake-ups.
+    """
+
+    def __init__(self, interval: float = _INTERVAL):
+        self._interval = interval
+        self._lags: deque[tuple[float, float]] = deque(maxlen=_KEPT)
+        self._users = 0
+        self._task: asyncio.Task | None = None
+
+    def acquire(self):
+        """Start monitoring (if nobody else has) for one more user."""
+        self._users += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tts-failover::loop-lag")
+
+    async def release(self):
+        """One user is done; the last one stops the task and waits for it."""
+        self._users = max(0, self._users - 1)
+        if self._users or self._task is None:
+            return
+        task, self._task = self._task, None
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    def worst_since(self, since: float) -> float:
+        """The longest lag, in seconds, measured at or after loop time ``since``.
+
+        Includes how late the monitor is right now, so a loop blocked at this
+        very moment (the monitor has not woken to say so) still counts.
+        """
+        loop = asyncio.get_running_loop()
+        worst = 0.0
+        for at, lag in reversed(self._lags):
+            if at < since:
+                break
+            worst = max(worst, lag)
+        if self._lags and self._task is not None:
+            last = self._lags[-1][0]
+            worst = max(worst, loop.time() - last - self._interval)
+        return worst
+
+    async def _run(self):
+        loop = asyncio.get_running_loop()
+        expected = loop.time() + self._interval
+        while True:
+            await asyncio.sleep(self._interval)
+            now = loop.time()
+            self._lags.append((now, max(0.0, now - expected)))
+            expected = now + self._interval
+
+
+_monitors: dict[int, LoopLagMonitor] = {}
+
+
+def loop_lag_monitor() -> LoopLagMonitor:
+    """The LoopLagMonitor of the running event loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    monitor = _monitors.get(id(loop))
+    if monitor is None or (monitor._task is not None and monitor._task.get_loop() is not loop):
+        monitor = _monitors[id(loop)] = LoopLagMonitor()
+    return monitor
