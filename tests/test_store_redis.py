@@ -901,8 +901,9 @@ async def test_changes_made_in_an_outage_are_written_back_in_order(server, store
     assert health["elevenlabs"].is_down(time.time())
     assert health["elevenlabs"].reason is FailureReason.STALLED
     assert health["playht"].down_until is None
-    # The attempts themselves are not written back: Redis kept its own counts.
-    assert (health["cartesia"].failures, health["elevenlabs"].failures) == (0, 1)
+    assert (health["elevenlabs"].ejections, health["elevenlabs"].failures) == (1, 0)
+    # The attempts themselves are not written back: cartesia's two failures stay local.
+    assert (health["cartesia"].failures, health["cartesia"].attempts) == (0, 0)
 
 
 async def test_in_an_outage_attempts_are_judged_on_the_local_view(server, stores):
@@ -932,11 +933,17 @@ async def test_in_an_outage_attempts_are_judged_on_the_local_view(server, stores
     spared = await failed(a, "elevenlabs", policy=policy, peers=("cartesia",))
     assert (spared.ejected, spared.spared) == (False, True)
 
-    server.start()  # empty: the ejection is written back as a mark-down
+    server.start()  # empty: the ejection is written back, with its count
     await eventually(lambda: a.connected, what="a to reconnect")
     late = stores(server.url)
     assert await late.connect()
     assert await is_down(late, "cartesia") and not await is_down(late, "elevenlabs")
+    health = (await late.get(["cartesia"]))["cartesia"]
+    assert (health.reason, health.ejections, health.failures) == (FailureReason.ERROR, 2, 0)
+    # So the next ejection is the third, and lasts three times as long.
+    await late.mark_up("cartesia")
+    verdicts = [await failed(late, "cartesia", policy=policy) for _ in range(3)]
+    assert (verdicts[-1].ejected, verdicts[-1].ejections) == (True, 3)
 
 
 async def test_each_outage_judges_from_what_redis_said_last(server, stores):

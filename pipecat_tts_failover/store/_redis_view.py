@@ -231,6 +231,8 @@ class Owed:
 
     Parameters:
         mark_down: A mark-down to write, with its absolute times.
+        ejection: That mark-down is an ejection the store decided on its
+            own evidence: written with its count of recent ejections.
         mark_up_at: Or the wall-clock time of a mark-up to write.
         extend_to: Then keep a mark-down Redis already holds until this
             wall-clock time (a recovery probe failed while Redis was away).
@@ -242,6 +244,7 @@ class Owed:
     """
 
     mark_down: ProviderHealth | None = None
+    ejection: bool = False
     mark_up_at: float | None = None
     extend_to: float | None = None
 
@@ -250,6 +253,7 @@ class Owed:
         marked = later.mark_down is not None or later.mark_up_at is not None
         return Owed(
             mark_down=later.mark_down if marked else self.mark_down,
+            ejection=later.ejection if marked else self.ejection,
             mark_up_at=later.mark_up_at if marked else self.mark_up_at,
             extend_to=later.extend_to if marked else _latest(self.extend_to, later.extend_to),
         )
@@ -268,10 +272,16 @@ class PendingWrites:
     def __len__(self) -> int:
         return len(self._owed)
 
-    def mark_down(self, health: ProviderHealth):
-        """A provider was marked down locally (``health`` carries its times)."""
+    def mark_down(self, health: ProviderHealth, *, ejection: bool = False):
+        """A provider was marked down locally (``health`` carries its times).
+
+        Args:
+            health: The record with its mark-down.
+            ejection: The store ejected it on its own evidence (``health``
+                carries the ejection count).
+        """
         owed = self._owed.get(health.provider_id, Owed())
-        self._owed[health.provider_id] = owed.then(Owed(mark_down=health))
+        self._owed[health.provider_id] = owed.then(Owed(mark_down=health, ejection=ejection))
 
     def extend_down(self, provider_id: str, down_until: float):
         """A provider's mark-down was extended locally to ``down_until``."""

@@ -313,8 +313,8 @@ class RedisHealthStore:
 
         While Redis is away the rules run on the local view, on this worker's
         own evidence since the outage began; an ejection decided then is
-        written back as a mark-down once Redis answers again (the attempts
-        themselves are not: see ``Owed``).
+        written back as a mark-down with its ejection count once Redis answers
+        again (the attempts themselves are not: see ``Owed``).
 
         Args:
             provider_id: The provider.
@@ -350,7 +350,7 @@ class RedisHealthStore:
             provider_id, failure, policy=policy, peers=others, draw=draw, now=now
         )
         if verdict.ejected:
-            self._pending.mark_down(self._view.get_raw(provider_id))
+            self._pending.mark_down(self._view.get_raw(provider_id), ejection=True)
         return verdict
 
     async def mark_down(self, provider_id: str, *, reason: FailureReason, cooldown: float) -> bool:
@@ -655,8 +655,9 @@ class RedisHealthStore:
         down = owed.mark_down
         if down is not None and down.is_down(now):
             reason = down.reason or FailureReason.ERROR
+            ejections = down.ejections if owed.ejection else ""
             await self._script(
-                "mark_down", provider_id, now, down.down_until, reason.value, down.since
+                "mark_down", provider_id, now, down.down_until, reason.value, down.since, ejections
             )
         elif owed.mark_up_at is not None:
             await self._script("mark_up", provider_id, now, owed.mark_up_at)
