@@ -8,16 +8,22 @@ a lagging loop, unusable services, and recovery that costs no caller.
 """
 
 import asyncio
+import sys
 import time
+import uuid
 
 import pytest
 from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
+from pipecat.services.cartesia.tts import CartesiaTTSService
 
 from pipecat_tts_failover import FailoverTTSService, FailureReason, HealthPolicy
 from pipecat_tts_failover.events import FailureExcused, ProbeFinished, ProviderDown, ProviderUp
 from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery
 from pipecat_tts_failover.store.memory import InMemoryHealthStore
+from pipecat_tts_failover.store.redis import RedisHealthStore
+from tests.support.integration import VOICE, providers
 from tests.support.pipeline import PipelineHarness
+from tests.support.redis_server import RedisServer, running
 from tests.support.scripted import ScriptedTTSService, plan
 
 SENTENCES = [
@@ -53,6 +59,25 @@ class Switch:
 async def _close_recovery():
     yield
     await close_recovery()
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    with running(RedisServer(tmp_path_factory.mktemp("redis-health"))) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request):
+    """A fresh store shared by the test's calls: in memory, or a real redis-server."""
+    if request.param == "memory":
+        yield InMemoryHealthStore()
+        return
+    shared = RedisHealthStore(request.getfixturevalue("redis").url, key_prefix=uuid.uuid4().hex)
+    assert await shared.connect(timeout=5)
+    yield shared
+    await close_recovery()
+    await shared.close()
 
 
 def pair(primary_faults=None, backup_faults=None) -> dict[str, ScriptedTTSService]:
@@ -107,8 +132,7 @@ NO_PROBES = HealthPolicy(confirm_probes=0, jitter=0.0)
 #
 
 
-async def test_an_isolated_failure_confirmed_healthy_by_a_probe_ejects_nobody():
-    store = InMemoryHealthStore()
+async def test_an_isolated_failure_confirmed_healthy_by_a_probe_ejects_nobody(store):
     recorder = Recorder()
     services = pair(plan({0: "error"}))  # the first request fails, the probe after it speaks
     tts = failover(services, store, alerters=[recorder])
@@ -127,10 +151,9 @@ async def _probed(recorder: Recorder, n: int) -> bool:
     return len(recorder.of(ProbeFinished)) >= n
 
 
-async def test_a_provider_failing_every_request_is_ejected_before_the_next_caller_meets_it():
+async def test_a_provider_failing_every_request_is_ejected_before_the_next_caller_meets_it(store):
     # One call at a time: the caller's failure and two probes through the
     # call's idle primary, which fail too, are three in a row.
-    store = InMemoryHealthStore()
     recorder = Recorder()
     services = pair(plan(every="error"))
     tts = failover(services, store, alerters=[recorder])
@@ -144,9 +167,8 @@ async def test_a_provider_failing_every_request_is_ejected_before_the_next_calle
     assert callers_words(second["primary"]) == []
 
 
-async def test_without_confirmation_one_call_s_failure_is_not_enough():
+async def test_without_confirmation_one_call_s_failure_is_not_enough(store):
     # The consecutive rule alone (no probes): one failed sentence ejects nobody.
-    store = InMemoryHealthStore()
     services = pair(plan({0: "error"}))
     await call(failover(services, store, health=NO_PROBES), SENTENCES[:2])
     health = (await store.get(["primary"]))["primary"]
@@ -158,8 +180,7 @@ async def test_without_confirmation_one_call_s_failure_is_not_enough():
 #
 
 
-async def test_consecutive_failures_across_calls_eject_at_the_threshold():
-    store = InMemoryHealthStore()
+async def test_consecutive_failures_across_calls_eject_at_the_threshold(store):
     policy = HealthPolicy(consecutive=3, confirm_probes=0, min_volume=100)
     for n in range(1, 4):
         services = pair(plan(every="error"))
@@ -169,8 +190,7 @@ async def test_consecutive_failures_across_calls_eject_at_the_threshold():
             assert (await store.get(["primary"]))["primary"].failures == n
 
 
-async def test_a_success_in_between_resets_the_consecutive_count():
-    store = InMemoryHealthStore()
+async def test_a_success_in_between_resets_the_consecutive_count(store):
     policy = HealthPolicy(consecutive=2, confirm_probes=0, min_volume=100)
     await call(failover(pair(plan(every="error")), store, health=policy), SENTENCES[:1])
     await call(failover(pair(), store, health=policy), SENTENCES[:1])  # the primary speaks
@@ -184,9 +204,8 @@ async def test_a_success_in_between_resets_the_consecutive_count():
 #
 
 
-async def test_failure_rate_ejects_once_the_window_has_its_volume():
+async def test_failure_rate_ejects_once_the_window_has_its_volume(store):
     # Every other sentence fails: never three in a row, but half of them.
-    store = InMemoryHealthStore()
     policy = HealthPolicy(consecutive=100, confirm_probes=0, min_volume=6, failure_rate=0.5)
     services = pair(plan({i: "error" for i in range(0, 12, 2)}))
     tts = failover(services, store, health=policy, failure_threshold=100)
@@ -207,8 +226,7 @@ async def test_failure_rate_ejects_once_the_window_has_its_volume():
     assert down.rule == "rate"
 
 
-async def test_below_the_volume_floor_a_high_failure_rate_ejects_nobody():
-    store = InMemoryHealthStore()
+async def test_below_the_volume_floor_a_high_failure_rate_ejects_nobody(store):
     policy = HealthPolicy(consecutive=100, confirm_probes=0, min_volume=20, failure_rate=0.5)
     services = pair(plan({i: "error" for i in range(0, 12, 2)}))
     tts = failover(services, store, health=policy, failure_threshold=100)
@@ -223,8 +241,7 @@ async def test_below_the_volume_floor_a_high_failure_rate_ejects_nobody():
 #
 
 
-async def test_a_permanent_failure_ejects_at_once_with_its_real_reason():
-    store = InMemoryHealthStore()
+async def test_a_permanent_failure_ejects_at_once_with_its_real_reason(store):
     recorder = Recorder()
     services = pair(plan(every="auth"))
     await call(failover(services, store, alerters=[recorder]), SENTENCES[:1])
@@ -233,8 +250,7 @@ async def test_a_permanent_failure_ejects_at_once_with_its_real_reason():
     assert recorder.of(ProbeFinished) == []  # nothing to confirm
 
 
-async def test_a_provider_skipped_as_unusable_is_reported_ejected_and_alerted_once():
-    store = InMemoryHealthStore()
+async def test_a_provider_skipped_as_unusable_is_reported_ejected_and_alerted_once(store):
     recorder = Recorder()
     services = pair()
     await services["primary"].set_usable(False)  # as pipecat does after a permanent error
@@ -291,8 +307,7 @@ async def test_repeated_ejections_last_longer():
 #
 
 
-async def test_the_last_provider_up_is_never_ejected_for_failures():
-    store = InMemoryHealthStore()
+async def test_the_last_provider_up_is_never_ejected_for_failures(store):
     await store.mark_down("backup", reason=FailureReason.ERROR, cooldown=60)
     recorder = Recorder()
     policy = HealthPolicy(consecutive=1, confirm_probes=0)
@@ -304,8 +319,7 @@ async def test_the_last_provider_up_is_never_ejected_for_failures():
     ]
 
 
-async def test_with_every_provider_down_calls_keep_preference_order():
-    store = InMemoryHealthStore()
+async def test_with_every_provider_down_calls_keep_preference_order(store):
     for pid in ("primary", "backup"):
         await store.mark_down(pid, reason=FailureReason.ERROR, cooldown=60)
     services = pair()
@@ -322,10 +336,11 @@ async def test_with_every_provider_down_calls_keep_preference_order():
 
 
 @pytest.mark.parametrize("blocked", [True, False], ids=["loop-blocked", "loop-fine"])
-async def test_failures_judged_while_the_loop_lagged_are_not_held_against_the_provider(blocked):
+async def test_failures_judged_while_the_loop_lagged_are_not_held_against_the_provider(
+    blocked, store
+):
     # The primary answers in 0.2 s, inside its 0.3 s deadline; a blocked loop
     # makes it look late. Unblocked, the same provider really is too slow.
-    store = InMemoryHealthStore()
     recorder = Recorder()
     policy = HealthPolicy(consecutive=1, confirm_probes=0, max_loop_lag=0.2)
     services = pair()
@@ -354,8 +369,7 @@ async def test_failures_judged_while_the_loop_lagged_are_not_held_against_the_pr
 #
 
 
-async def test_an_ejected_provider_is_probed_back_through_a_live_call_s_idle_service():
-    store = InMemoryHealthStore()
+async def test_an_ejected_provider_is_probed_back_through_a_live_call_s_idle_service(store):
     recorder = Recorder()
     outage = Switch("error")
     policy = HealthPolicy(ejection=0.5, jitter=0.0)
@@ -386,8 +400,7 @@ async def _came_back(recorder: Recorder) -> bool:
     return bool(recorder.of(ProviderUp))
 
 
-async def test_with_no_call_to_probe_through_an_ejected_provider_stays_down():
-    store = InMemoryHealthStore()
+async def test_with_no_call_to_probe_through_an_ejected_provider_stays_down(store):
     policy = HealthPolicy(ejection=0.3, jitter=0.0)
     services = pair(plan(every="error"))
     await call(
@@ -429,3 +442,108 @@ def test_health_policy_rejects_nonsense():
 def test_cooldown_is_the_first_ejection_s_length():
     tts = FailoverTTSService(services=pair(), cooldown=45)
     assert tts._health.ejection == 45
+
+
+async def test_a_broken_key_is_reported_moved_off_and_ejected_with_its_real_reason(store):
+    # pipecat's Cartesia service is refused with 401 when it connects, and
+    # pipecat marks it unusable: the call must say so, not skip it silently.
+    recorder = Recorder()
+    async with providers() as emulators:
+        cartesia = CartesiaTTSService(
+            api_key="wrong",
+            url=emulators.cartesia.websocket_url,
+            settings=CartesiaTTSService.Settings(voice=VOICE),
+        )
+        tts = FailoverTTSService(
+            services={"cartesia": cartesia, "elevenlabs": emulators.service("elevenlabs_ws")},
+            store=store,
+            alerters=[recorder],
+        )
+        failures, moves = [], []
+
+        @tts.event_handler("on_sentence_failed")
+        async def on_failed(processor, pid, reason):
+            failures.append((pid, reason))
+
+        @tts.event_handler("on_failover")
+        async def on_failover(processor, from_id, to_id, reason):
+            moves.append((from_id, to_id, reason))
+
+        sentences = ["Your order shipped.", "It arrives on Monday."]
+        h = await call(tts, sentences)
+    assert failures == [("cartesia", FailureReason.AUTHENTICATION)]
+    assert moves == [("cartesia", "elevenlabs", FailureReason.AUTHENTICATION)]
+    assert tts.active_provider == "elevenlabs"
+    [down] = recorder.of(ProviderDown)
+    assert (down.provider_id, down.reason, down.rule) == (
+        "cartesia",
+        FailureReason.AUTHENTICATION,
+        "permanent",
+    )
+    assert "401" in (down.error or "") or "nvalid" in (down.error or "")
+    assert h.words == [w for s in sentences for w in s.split()]
+    assert emulators.cartesia.requests == []
+
+
+_WORKER = """
+import asyncio, sys
+from pipecat_tts_failover import FailoverTTSService, HealthPolicy
+from pipecat_tts_failover.events import ProviderDown
+from pipecat_tts_failover.recovery import close_recovery
+from pipecat_tts_failover.store.redis import RedisHealthStore
+from tests.support.scripted import ScriptedTTSService, plan
+from tests.test_health import call
+
+class Downs:
+    def __init__(self):
+        self.n = 0
+    def on_event(self, event):
+        self.n += isinstance(event, ProviderDown)
+
+async def main(url, prefix):
+    store = RedisHealthStore(url, key_prefix=prefix)
+    assert await store.connect(timeout=5)
+    downs = Downs()
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, faults=plan(every="error"),
+                                      stall_after_words=0, name="primary"),
+        "backup": ScriptedTTSService(provider_index=1, name="backup"),
+    }
+    tts = FailoverTTSService(services=services, store=store, first_audio_timeout=0.3,
+                             health=HealthPolicy(consecutive=2, confirm_probes=0),
+                             alerters=[downs])
+    await call(tts, ["Hello there."])
+    await close_recovery()
+    print(downs.n, flush=True)
+    await store.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_two_worker_processes_build_one_fleet_s_evidence(redis):
+    # Each worker's call fails the primary once; neither alone is evidence
+    # enough (two in a row), together they eject it, once.
+    prefix = uuid.uuid4().hex
+    alerts = []
+    for _ in range(2):
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _WORKER,
+            redis.url,
+            prefix,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(worker.communicate(), timeout=60)
+        assert worker.returncode == 0
+        alerts.append(int(out.decode().split()[-1]))
+    assert alerts == [0, 1]
+    reader = RedisHealthStore(redis.url, key_prefix=prefix)
+    assert await reader.connect(timeout=5)
+    try:
+        health = (await reader.get(["primary"]))["primary"]
+        assert health.down_until is not None and health.reason is FailureReason.ERROR
+    finally:
+        await reader.close()
