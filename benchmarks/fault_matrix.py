@@ -17,37 +17,66 @@ sentence on:
   detected, and any other audio heard (the part of a word a provider was
   cutting short when it failed, a word heard twice).
 
+Then the real triggers: no fault injected, the emulators' own limits and
+validation fail the call as the real services do (rapid barge-ins past
+ElevenLabs' 5-context cap, a fleet over its concurrency plan, a settings change
+mid-reply, a call idle past the inactivity timeout, a bad key, an account out of
+credits). Each has a driver of its own below, run with pipecat's service alone
+and inside FailoverTTSService; the table adds the ErrorFrames pipecat pushed
+(text and category) and whether a sentence was heard twice.
+
 What the caller heard is read back from the audio that reached the end of the
 pipeline: the emulators' audio for a word is a pure function of the word, so
-each word is looked for, whole, in order. Writes the table to
-``docs/fault-matrix.md`` and prints it.
+each word is looked for, whole, in order. Writes the tables to
+``docs/fault-matrix.md`` and prints them.
 """
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import inspect
 import logging
 import os
 import platform
+import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from importlib.metadata import version
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import aiohttp
 from loguru import logger
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStoppedFrame,
+    TTSUpdateSettingsFrame,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from pipecat.services.tts_service import TTSService
 
 from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore
-from pipecat_tts_failover.testing import FaultKind
+from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator, FaultKind
+from tests.support.emulators import SAMPLE_RATE
 from tests.support.integration import (
     KINDS,
+    MS_PER_CHAR,
     Call,
     Kind,
+    Providers,
+    _CallHarness,
     provider_of,
     providers,
+    reference,
     sentences_heard,
     speak_call,
 )
@@ -71,6 +100,9 @@ QUIET_S = 1.5
 END_TIMEOUT_S = 10.0
 SENTENCE_TIMEOUT_S = 15.0
 CONCURRENCY = 4
+# The real triggers run one at a time: their timing (barge-ins, idle sockets, a
+# fleet's overlap) is what they test.
+TRIGGER_CONCURRENCY = 1
 NAMES: dict[str, str] = {
     "cartesia_ws": "CartesiaTTSService",
     "cartesia_http": "CartesiaHttpTTSService",
@@ -171,6 +203,388 @@ async def run_case(primary: Kind, fault: str, limit: asyncio.Semaphore) -> Row:
         )
 
 
+#
+# Real triggers: no fault injected; the emulators' own limits and validation fail the call.
+#
+
+# Replies the caller barges in on, one after the other, before the reply that counts.
+# None of their words is a word of SENTENCES, so what is heard of them is told apart.
+BARGED_REPLIES = tuple(
+    f"Reply {n} opens with a rather long clause about shipping and handling charges."
+    for n in ("one", "two", "three", "four", "five")
+)
+# The ElevenLabs emulator's pace for the barge-ins: slow enough that a context the
+# caller barged in on is still streaming (still open, as ElevenLabs counts) when the
+# next reply opens one, as with a real provider and barge-ins a second apart.
+BARGE_IN_SPEED = 1.0
+# Calls at once on one emulator whose plan allows FLEET_LIMIT generations at once.
+FLEET_CALLS = 6
+FLEET_LIMIT = 2
+FLEET_SPEED = 4.0
+# The idle-timeout rows shorten the providers' timeouts to this (ElevenLabs: 20 s
+# by default, Cartesia: 5 min) and leave the call quiet a little longer.
+IDLE_TIMEOUT_S = 2.0
+IDLE_S = IDLE_TIMEOUT_S + 1.0
+# A settings change in the middle of an LLM reply (voice character: stability).
+SETTINGS_CHANGE = ElevenLabsTTSService.Settings(stability=0.3)
+# How long a reply streamed as an LLM turn may stay quiet before it counts as over.
+TURN_QUIET_S = 2.5
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_PROCESSOR = re.compile(r"#\d+")
+# Errors that differ only in numbers (a port, credits, a processor's #) are listed once.
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass
+class Outcome:
+    """One run of a real trigger: what the caller heard, and what the application was told.
+
+    Attributes:
+        heard: Sentences heard in full, over every call of the run.
+        total: Sentences that should have been heard.
+        twice: Sentences heard (in full) more than once.
+        error_frames: ErrorFrames that reached the start of the pipeline.
+        errors: (text, pipecat ErrorCategory) of each distinct ErrorFrame that
+            reached the start of the pipeline, context ids masked.
+        reasons: The FailureReasons FailoverTTSService recorded (failover only).
+        ended: Every call ended on its EndFrame.
+        refusals: What the primary's emulator refused on its own, by code, and how often.
+        sockets: WebSocket connections the primary's service opened.
+    """
+
+    heard: int = 0
+    total: int = 0
+    twice: int = 0
+    error_frames: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    ended: bool = True
+    refusals: dict[str, int] = field(default_factory=dict)
+    sockets: int = 0
+
+    def saw(self, emulator: CartesiaEmulator | ElevenLabsEmulator):
+        """Note what the primary's emulator refused and how many sockets it was opened."""
+        for request in emulator.requests:
+            if request.refusal:
+                self.refusals[request.refusal] = self.refusals.get(request.refusal, 0) + 1
+        self.sockets = emulator.connections
+
+    def add(self, call: Call, sentences: Sequence[str]):
+        """Count one call's audio, errors and failover reasons in."""
+        audio = call.audio
+        self.heard += sentences_heard(audio, sentences)
+        self.total += len(sentences)
+        self.twice += sum(1 for s in sentences if _times_heard(audio, s) > 1)
+        self.error_frames += len(call.errors)
+        seen = {_DIGITS.sub("N", text) for text, _ in self.errors}
+        for frame in call.errors:
+            category = getattr(frame, "category", None)
+            text = _PROCESSOR.sub("#<n>", _ID.sub("<id>", frame.error))
+            if _DIGITS.sub("N", text) not in seen:
+                seen.add(_DIGITS.sub("N", text))
+                self.errors.append((text, category.value if category else "—"))
+        for _, reason in call.failures:
+            if str(reason) not in self.reasons:
+                self.reasons.append(str(reason))
+        self.ended = self.ended and bool(call.ended_gracefully)
+
+
+@dataclass
+class TriggerRow:
+    trigger: str
+    primary: Kind
+    alone: Outcome
+    failover: Outcome
+    seconds: float
+
+
+def _times_heard(audio: bytes, sentence: str) -> int:
+    """How many times every word of ``sentence`` is in the audio, whole (the least of them)."""
+
+    def count(word: str) -> int:
+        ref, found, at = reference(word), 0, audio.find(reference(word))
+        while at >= 0:
+            found += at % 2 == 0
+            at = audio.find(ref, at + 1)
+        return found
+
+    return min(count(w) for w in sentence.split())
+
+
+@contextlib.asynccontextmanager
+async def _emulators(
+    *, speed: float = SPEED, cartesia: dict | None = None, elevenlabs: dict | None = None
+) -> AsyncIterator[Providers]:
+    """Both emulators, with the plan's numbers (or a pace) a trigger needs, and an HTTP session."""
+    common = {"speed": speed, "ms_per_char": MS_PER_CHAR}
+    async with (
+        CartesiaEmulator(**common | (cartesia or {})) as c,
+        ElevenLabsEmulator(**common | (elevenlabs or {})) as e,
+        aiohttp.ClientSession() as session,
+    ):
+        yield Providers(c, e, session)
+
+
+def _tts(
+    p: Providers, primary: Kind, failover: bool, store: InMemoryHealthStore | None = None
+) -> tuple[FrameProcessor, Call]:
+    """pipecat's service of ``primary`` alone, or inside FailoverTTSService; and its Call."""
+    service = p.service(primary, stop_frame_timeout_s=None)
+    if not failover:
+        return service, Call(SENTENCES)
+    backup = backup_for(primary)
+    tts = FailoverTTSService(
+        services={
+            provider_of(primary): service,
+            provider_of(backup): p.service(backup, stop_frame_timeout_s=None),
+        },
+        store=store or InMemoryHealthStore(),
+        first_audio_timeout=FIRST_AUDIO_TIMEOUT,
+        stall_timeout=STALL_TIMEOUT,
+    )
+    call = Call(SENTENCES)
+    call.watch(tts)
+    return tts, call
+
+
+async def _speak(h: _CallHarness, sentences: Sequence[str], quiet: float | None):
+    """Speak each sentence once the one before has ended (or went quiet), as a conversation goes."""
+    for sentence in sentences:
+        stops = len(h.of(TTSStoppedFrame))
+        await h.send(TTSSpeakFrame(sentence))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SENTENCE_TIMEOUT_S):
+                while len(h.of(TTSStoppedFrame)) <= stops:
+                    count = len(h.down)
+                    await h.wait_for(
+                        lambda count=count: len(h.down) != count,
+                        timeout=quiet or SENTENCE_TIMEOUT_S,
+                    )
+
+
+async def _speak_sentences(h: _CallHarness):
+    await _speak(h, SENTENCES, QUIET_S)
+
+
+async def _until_quiet(h: _CallHarness, quiet: float):
+    """Wait until nothing has come downstream for ``quiet`` seconds (at most a sentence's timeout)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SENTENCE_TIMEOUT_S):
+            while True:
+                count = len(h.down)
+                try:
+                    await h.wait_for(lambda count=count: len(h.down) != count, timeout=quiet)
+                except TimeoutError:
+                    return
+
+
+async def _one_call(
+    tts: FrameProcessor,
+    call: Call,
+    drive: Callable[[_CallHarness], Awaitable[None]],
+    on_stuck: Callable[[], Awaitable[None]],
+) -> Call:
+    """Run ``drive`` on a real pipeline around ``tts``, then end the call."""
+    h = _CallHarness(tts, audio_out_sample_rate=SAMPLE_RATE)
+    call.harness = h
+    async with h:
+        await drive(h)
+        call.ended_gracefully = await h.finish(END_TIMEOUT_S, on_stuck)
+    return call
+
+
+async def barge_ins(primary: Kind, failover: bool) -> Outcome:
+    """Rapid barge-ins on ElevenLabs' WebSocket: five replies cut short, then the reply that counts.
+
+    The caller barges in on each reply as soon as its first audio plays
+    (pipecat closes its context); the contexts cut short are still streaming
+    when the next opens, so the reply that counts opens the 6th context on the
+    socket: ``max_active_conversations`` and a 1008 close.
+    """
+    async with _emulators(elevenlabs={"speed": BARGE_IN_SPEED}) as p:
+        tts, call = _tts(p, primary, failover)
+
+        async def drive(h: _CallHarness):
+            for reply in BARGED_REPLIES:
+                played = len(h.of(TTSAudioRawFrame))
+                await h.send(TTSSpeakFrame(reply))
+                with contextlib.suppress(TimeoutError):
+                    await h.wait_for(
+                        lambda played=played: len(h.of(TTSAudioRawFrame)) > played,
+                        timeout=SENTENCE_TIMEOUT_S,
+                    )
+                await h.send(InterruptionFrame())
+            await _speak(h, SENTENCES, QUIET_S)
+
+        outcome = Outcome()
+        outcome.add(await _one_call(tts, call, drive, p.emulator(primary).stop), SENTENCES)
+        outcome.saw(p.emulator(primary))
+        return outcome
+
+
+async def fleet_over_plan(primary: Kind, failover: bool) -> Outcome:
+    """A fleet over its concurrency plan: FLEET_CALLS calls at once on a plan of FLEET_LIMIT.
+
+    Cartesia counts contexts and refuses one over the limit in-band (429
+    ``concurrency_limited``; HTTP: 429); ElevenLabs' HTTP API answers 429
+    ``too_many_concurrent_requests`` (its WebSocket is not counted). With
+    failover the calls share one health store, as a fleet's workers share Redis.
+    """
+    options = {"concurrency_limit": FLEET_LIMIT}
+    elevenlabs = provider_of(primary) == "elevenlabs"
+    async with _emulators(
+        speed=FLEET_SPEED,
+        cartesia=None if elevenlabs else options,
+        elevenlabs=options if elevenlabs else None,
+    ) as p:
+        store = InMemoryHealthStore()
+
+        async def one() -> Call:
+            tts, call = _tts(p, primary, failover, store)
+            return await _one_call(tts, call, _speak_sentences, p.emulator(primary).stop)
+
+        outcome = Outcome()
+        for call in await asyncio.gather(*(one() for _ in range(FLEET_CALLS))):
+            outcome.add(call, SENTENCES)
+        outcome.saw(p.emulator(primary))
+        return outcome
+
+
+async def settings_change(primary: Kind, failover: bool) -> Outcome:
+    """A voice-settings change in the middle of an LLM reply on ElevenLabs' WebSocket.
+
+    The reply streams as one LLM turn (one context). Once its first sentence
+    plays, the app sends ``TTSUpdateSettingsFrame`` (stability): pipecat closes
+    the turn's context to apply it, as its Settings document, and the reply's
+    next sentences go on to that context.
+    """
+    async with _emulators() as p:
+        tts, call = _tts(p, primary, failover)
+
+        async def drive(h: _CallHarness):
+            await h.send(LLMFullResponseStartFrame())
+            await h.send(LLMTextFrame(SENTENCES[0]), LLMTextFrame(" " + SENTENCES[1]))
+            with contextlib.suppress(TimeoutError):
+                await h.wait_for(lambda: bool(h.of(TTSAudioRawFrame)), timeout=SENTENCE_TIMEOUT_S)
+            await h.send(TTSUpdateSettingsFrame(delta=SETTINGS_CHANGE))
+            await h.send(*(LLMTextFrame(" " + s) for s in SENTENCES[2:]), LLMFullResponseEndFrame())
+            await _until_quiet(h, TURN_QUIET_S)
+
+        outcome = Outcome()
+        outcome.add(await _one_call(tts, call, drive, p.emulator(primary).stop), SENTENCES)
+        outcome.saw(p.emulator(primary))
+        return outcome
+
+
+async def idle_past_timeout(primary: Kind, failover: bool) -> Outcome:
+    """A call quiet past the provider's idle timeout after its first sentence, then speaking on.
+
+    ElevenLabs closes a socket that got no text for ``inactivity_timeout``
+    (``input_timeout_exceeded``, 1008); Cartesia one idle for its idle-close
+    time (1000 "connection idle timeout"). Both are shortened to
+    IDLE_TIMEOUT_S; pipecat's 10 s ElevenLabs keepalive is slower than that, as
+    a keepalive that does not get through would be.
+    """
+    async with _emulators(
+        cartesia={"idle_timeout": IDLE_TIMEOUT_S} if primary == "cartesia_ws" else None,
+        elevenlabs={"inactivity_timeout": IDLE_TIMEOUT_S} if primary == "elevenlabs_ws" else None,
+    ) as p:
+        tts, call = _tts(p, primary, failover)
+
+        async def drive(h: _CallHarness):
+            await _speak(h, SENTENCES[:1], QUIET_S)
+            await asyncio.sleep(IDLE_S)  # the trigger: the caller says nothing for a while
+            await _speak(h, SENTENCES[1:], QUIET_S)
+
+        outcome = Outcome()
+        outcome.add(await _one_call(tts, call, drive, p.emulator(primary).stop), SENTENCES)
+        outcome.saw(p.emulator(primary))
+        return outcome
+
+
+async def bad_key(primary: Kind, failover: bool) -> Outcome:
+    """A wrong key on ElevenLabs' WebSocket: the socket opens, then the error and a 1008 close."""
+    async with _emulators(elevenlabs={"api_key": "the-rotated-key"}) as p:
+        tts, call = _tts(p, primary, failover)
+        outcome = Outcome()
+        stuck = p.emulator(primary).stop
+        outcome.add(await _one_call(tts, call, _speak_sentences, stuck), SENTENCES)
+        outcome.saw(p.emulator(primary))
+        return outcome
+
+
+async def quota_exhausted(primary: Kind, failover: bool) -> Outcome:
+    """An ElevenLabs account whose credits cover the first sentence and no more.
+
+    ElevenLabs answers ``quota_exceeded``: HTTP 401, on a WebSocket the error
+    message and a 1008 close.
+    """
+    credits = len(SENTENCES[0]) + 2
+    async with _emulators(elevenlabs={"character_quota": credits}) as p:
+        tts, call = _tts(p, primary, failover)
+        outcome = Outcome()
+        stuck = p.emulator(primary).stop
+        outcome.add(await _one_call(tts, call, _speak_sentences, stuck), SENTENCES)
+        outcome.saw(p.emulator(primary))
+        return outcome
+
+
+# (trigger, driver, primaries, whose doing it is: the note on health decisions)
+TRIGGERS: tuple[
+    tuple[str, Callable[[Kind, bool], Awaitable[Outcome]], tuple[Kind, ...], str], ...
+] = (
+    (
+        "rapid barge-ins past the 5-context cap",
+        barge_ins,
+        ("elevenlabs_ws",),
+        "the client's: our own barge-ins opened the contexts; not an outage",
+    ),
+    (
+        f"fleet over its concurrency plan ({FLEET_CALLS} calls, plan of {FLEET_LIMIT})",
+        fleet_over_plan,
+        ("cartesia_ws", "cartesia_http", "elevenlabs_http"),
+        "the fleet's own sizing; the provider is up for calls within the plan",
+    ),
+    (
+        "voice settings changed mid-reply",
+        settings_change,
+        ("elevenlabs_ws",),
+        "the app's: its settings change broke the reply's context",
+    ),
+    (
+        f"idle past the timeout ({IDLE_TIMEOUT_S:g} s)",
+        idle_past_timeout,
+        ("elevenlabs_ws", "cartesia_ws"),
+        "the client's: an idle socket closed by design, pipecat reconnects",
+    ),
+    (
+        "bad key, socket closed after accept",
+        bad_key,
+        ("elevenlabs_ws",),
+        "the deployment's; the provider is up (permanent for this key only)",
+    ),
+    (
+        "quota exhausted (account credits)",
+        quota_exhausted,
+        ("elevenlabs_ws", "elevenlabs_http"),
+        "the account's; the provider is up (permanent until credits are added)",
+    ),
+)
+
+
+async def run_trigger(
+    trigger: str,
+    driver: Callable[[Kind, bool], Awaitable[Outcome]],
+    primary: Kind,
+    limit: asyncio.Semaphore,
+) -> TriggerRow:
+    async with limit:
+        began = time.monotonic()
+        alone = await driver(primary, False)
+        with_failover = await driver(primary, True)
+        return TriggerRow(trigger, primary, alone, with_failover, time.monotonic() - began)
+
+
 _HEADER = """\
 # Fault matrix
 
@@ -248,6 +662,147 @@ def render(rows: list[Row], took: float) -> str:
     return text + _FOOTER
 
 
+_TRIGGERS_HEADER = """
+## Real triggers
+
+No fault is injected in these rows: the emulators' own limits and validation fail the
+call, with the real services' messages and close codes (see [what the real services do
+on their own](testing.md#what-the-real-services-do-on-their-own)). Each trigger has its
+own driver in `benchmarks/fault_matrix.py`, run with pipecat's service alone and inside
+the same `FailoverTTSService` as above:
+
+- **rapid barge-ins**: {barged} replies on `ElevenLabsTTSService`, each cut short by an
+  `InterruptionFrame` as soon as its first audio plays (pipecat closes its context),
+  then the four sentences. The ElevenLabs emulator streams at {barge_speed:g}x here (real
+  time), so the contexts cut short are still open when the next one opens, as ElevenLabs
+  counts them: the first sentence opens the 6th.
+- **fleet over its plan**: {calls} calls at once, four sentences each, on one emulator
+  whose plan allows {limit} generations at once (`concurrency_limit={limit}`; at
+  {fleet_speed:g}x). With failover the calls share one health store, as a fleet's
+  workers share Redis. ElevenLabs counts HTTP requests only, so its WebSocket has no row.
+- **settings change**: the sentences stream as one LLM reply (`LLMTextFrame`s, one
+  context); once the first plays, the app sends
+  `TTSUpdateSettingsFrame(delta=ElevenLabsTTSService.Settings(stability=0.3))`.
+- **idle**: after the first sentence the call is quiet for {idle:g} s, past a timeout
+  shortened to {idle_timeout:g} s (ElevenLabs `inactivity_timeout`, 20 s by default;
+  Cartesia's idle close, 5 minutes). pipecat's ElevenLabs keepalive every 10 s keeps a
+  real 20 s timeout from firing; a shorter timeout stands for a keepalive that did not
+  get through.
+- **bad key**: the ElevenLabs account's key is not the one the service holds; the
+  WebSocket opens, then gets `invalid_api_key` and a 1008 close.
+- **quota exhausted**: the account has credits for the first sentence only
+  (`ElevenLabsEmulator(character_quota=...)`, a credit a character); then
+  `quota_exceeded` (HTTP 401; WebSocket: the message and a 1008 close).
+
+*Provider* is what the primary's emulator did on its own (refusals by code, WebSocket
+connections the service opened; both runs, where they differ); *heard* counts sentences
+heard in full (all calls of the fleet together); *twice* the sentences heard more than
+once; *errors* the `ErrorFrame`s that reached the application. The `ErrorFrame` texts
+(context ids as `<id>`, processor numbers as `#<n>`, texts differing only in numbers
+listed once) and their pipecat `ErrorCategory` follow the table.
+
+| trigger | primary | provider | pipecat alone: heard | errors | with failover: heard | twice | detected as | whose doing |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+"""
+
+_TRIGGERS_FOOTER = """
+### Whose doing: what the health policy should not blame on the provider
+
+None of these is an outage of the provider. Where FailoverTTSService recorded a reason
+above, it counts toward marking the provider down as a provider fault would, for every
+call that shares the health store:
+
+- **Rapid barge-ins past the context cap**: the contexts were opened by our own
+  barge-ins on our own socket; ElevenLabs is up, and the same call on a new socket (or
+  a context freed first) speaks. Counting it toward marking ElevenLabs down moves
+  every call of the fleet off a healthy provider because one caller interrupted often.
+- **Fleet over its concurrency plan**: the fleet is sized past its plan; calls within
+  the plan are served. Marking the provider down moves the whole fleet, emptying the
+  plan it could use; the 429s say "this account, now", not "this provider".
+- **Settings change mid-reply**: the app's settings change closed the reply's context;
+  nothing failed on the provider's side. Nothing is detected in this row (below), so
+  nothing is blamed, and nothing is recovered either.
+- **Idle past the timeout**: a socket closed by design after the call was quiet;
+  pipecat reconnects for the next sentence. Not a failure of the provider.
+- **Bad key**: the provider is up; this key is refused. Moving the call at once is right
+  (every request with this key fails), but it is the deployment's misconfiguration, to
+  be alerted on as such; probing the provider for recovery cannot succeed until the
+  key is fixed.
+- **Quota exhausted**: the account is out of credits; the provider is up. Moving the
+  call at once is right, but it lasts until someone adds credits: an alert for the
+  account, not an outage to probe.
+
+### Why the settings change loses sentences with failover too
+
+pipecat applies a voice-settings change by closing the ElevenLabs context in use
+(`ElevenLabsTTSBase._update_settings`), but a reply streamed as one LLM turn keeps
+sending its next sentences to that context: the emulator ignores text for a closed
+context until its `isFinal` (what ElevenLabs answers there is not published), and
+pipecat pushes no error (its context ends on that `isFinal`, after the first sentence's
+audio). pipecat alone is silent about it. FailoverTTSService does not see it
+either: when that context ends, pipecat pushes the words of the sentences never spoken
+(one `TTSTextFrame` per sentence, as it completes a context), and
+`SpeechWatch.word` (`pipecat_tts_failover/watch.py`) moves into each of those sentences
+before it sets the untimed words aside: `_enter_segment` calls `_finish_segment`, which
+counts the sentence before as spoken. `SpeechWatch.stopped` then ends what is left of
+the context as spoken, since the context had audible audio. No failure is recorded, so
+nothing is handed to the backup. `tests/test_real_triggers.py` holds the case as a
+strict xfail.
+"""
+
+
+def render_triggers(rows: list[TriggerRow]) -> str:
+    """The real-trigger section: one row per trigger and primary, then the errors and notes."""
+    text = _TRIGGERS_HEADER.format(
+        barged=len(BARGED_REPLIES),
+        barge_speed=BARGE_IN_SPEED,
+        calls=FLEET_CALLS,
+        limit=FLEET_LIMIT,
+        fleet_speed=FLEET_SPEED,
+        idle=IDLE_S,
+        idle_timeout=IDLE_TIMEOUT_S,
+    )
+    blame = {trigger: note for trigger, _, _, note in TRIGGERS}
+    for row in rows:
+        alone, failover = row.alone, row.failover
+        provider = _provider_did(row.primary, alone)
+        if _provider_did(row.primary, failover) != provider:
+            provider = f"alone: {provider}; failover: {_provider_did(row.primary, failover)}"
+        heard_alone = f"{alone.heard}/{alone.total}" + ("" if alone.ended else ", stuck")
+        heard = f"{failover.heard}/{failover.total}" + ("" if failover.ended else ", stuck")
+        detected = ", ".join(f"`{r}`" for r in failover.reasons) or "—"
+        twice = str(failover.twice) if failover.twice else "—"
+        text += (
+            f"| {row.trigger} | {NAMES[row.primary]} | {provider} | {heard_alone} "
+            f"| {alone.error_frames} | {heard} | {twice} | {detected} | {blame[row.trigger]} |\n"
+        )
+    text += "\n### What pipecat pushed, and what FailoverTTSService recorded\n"
+    for row in rows:
+        text += f"\n**{row.trigger}, {NAMES[row.primary]}**\n\n"
+        if not row.alone.errors:
+            text += "- pipecat alone: no `ErrorFrame`\n"
+        for error, category in row.alone.errors:
+            text += f"- pipecat alone, `{category}`: `{_md_code(error)}`\n"
+        for error, category in row.failover.errors:
+            text += f"- with failover, to the application, `{category}`: `{_md_code(error)}`\n"
+        reasons = ", ".join(f"`{r}`" for r in row.failover.reasons) or "none"
+        text += f"- FailoverTTSService recorded: {reasons}\n"
+    return text + _TRIGGERS_FOOTER
+
+
+def _provider_did(primary: Kind, outcome: Outcome) -> str:
+    """What the primary's emulator did on its own in one run: refusals by code, sockets."""
+    did = [f"`{code}` ×{n}" for code, n in outcome.refusals.items()]
+    if primary.endswith("_ws"):
+        did.append(f"{outcome.sockets} socket{'s' if outcome.sockets != 1 else ''}")
+    return ", ".join(did) or "—"
+
+
+def _md_code(text: str) -> str:
+    """Text to put between backticks in a markdown table or list."""
+    return text.replace("`", "'").replace("|", "\\|").replace("\n", " ")
+
+
 def _pipecat_default(argument: str) -> object:
     """The default pipecat's TTSService gives a constructor argument."""
     return inspect.signature(TTSService.__init__).parameters[argument].default
@@ -263,7 +818,15 @@ async def run_all() -> str:
     rows = await asyncio.gather(
         *(run_case(primary, fault, limit) for fault in FAULTS for primary in KINDS)
     )
-    return render(list(rows), time.monotonic() - began)
+    limit = asyncio.Semaphore(TRIGGER_CONCURRENCY)
+    trigger_rows = await asyncio.gather(
+        *(
+            run_trigger(trigger, driver, primary, limit)
+            for trigger, driver, primaries, _ in TRIGGERS
+            for primary in primaries
+        )
+    )
+    return render(list(rows), time.monotonic() - began) + render_triggers(list(trigger_rows))
 
 
 def main():
