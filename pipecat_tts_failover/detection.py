@@ -92,6 +92,26 @@ _BY_CATEGORY = {
 _CLIENT_MISUSE = re.compile(
     r"max_active_conversations|voice_settings|settings can ?not be changed", re.IGNORECASE
 )
+# What providers' own error codes say, where pipecat leaves the category unknown
+# (it does for every one of these in 1.14): Cartesia's and ElevenLabs' codes.
+_CODES_IN_MESSAGE = (
+    (
+        re.compile(r"quota_exceeded|insufficient_credits|exceeds your quota", re.IGNORECASE),
+        FailureReason.QUOTA,
+    ),
+    (
+        re.compile(r"concurrency_limited|too_many_concurrent_requests|rate_limited", re.IGNORECASE),
+        FailureReason.RATE_LIMITED,
+    ),
+    (
+        re.compile(r"invalid_api_key|invalid api key|unauthorized", re.IGNORECASE),
+        FailureReason.AUTHENTICATION,
+    ),
+    (
+        re.compile(r"model_not_found|voice_not_found|invalid model", re.IGNORECASE),
+        FailureReason.INVALID_REQUEST,
+    ),
+)
 # A status code quoted in an error message: "status 503", "status_code": 401, "HTTP 429", "(429)".
 _STATUS_IN_MESSAGE = re.compile(
     r"(?:status(?:_code)?|http|code)[\"':= ]{0,4}([45]\d\d)\b|\(([45]\d\d)\)", re.IGNORECASE
@@ -107,8 +127,10 @@ def reason_for_error(
 ) -> FailureReason:
     """Classify an ``ErrorFrame`` from a provider by what the provider said.
 
-    pipecat's category decides where it has one; otherwise a status code the
-    message quotes (a Cartesia error "status 503", a rejected handshake's 401).
+    pipecat's category decides where it has one; otherwise the provider's own
+    error code in the message (``quota_exceeded``, ``concurrency_limited``,
+    ``invalid_api_key``...), or a status code it quotes (a Cartesia error
+    "status 503", a rejected handshake's 401).
 
     Args:
         category: The pipecat category of the error, if any.
@@ -121,6 +143,10 @@ def reason_for_error(
     """
     if message and _CLIENT_MISUSE.search(message):
         return FailureReason.CLIENT_MISUSE
+    if category in (None, ErrorCategory.UNKNOWN) and message:
+        for pattern, coded in _CODES_IN_MESSAGE:
+            if pattern.search(message):
+                return coded
     status = _STATUS_IN_MESSAGE.search(message or "")
     if category in (None, ErrorCategory.UNKNOWN) and status:
         category = classify_http_status_code(int(status.group(1) or status.group(2)))

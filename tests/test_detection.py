@@ -62,6 +62,20 @@ def test_error_classification():
         ("Error (402)", FailureReason.QUOTA),
         ("max_active_conversations: too many open contexts", FailureReason.CLIENT_MISUSE),
         ("something broke", FailureReason.ERROR),
+        # What pipecat 1.14 pushes, category unknown (the fault matrix's real triggers):
+        (
+            "Error: {'type': 'error', 'status_code': 429, 'error_code': 'concurrency_limited'}",
+            FailureReason.RATE_LIMITED,
+        ),
+        (
+            'ElevenLabs API error: {"detail": {"status": "too_many_concurrent_requests"}}',
+            FailureReason.RATE_LIMITED,
+        ),
+        (
+            'ElevenLabs API error: {"detail": {"status": "quota_exceeded", "message": "..."}}',
+            FailureReason.QUOTA,
+        ),
+        ("received 1008 (policy violation) Invalid API key", FailureReason.AUTHENTICATION),
     ],
 )
 def test_a_status_code_or_rule_quoted_in_the_message_names_the_reason(message, reason):
