@@ -265,9 +265,12 @@ class HealthWindow:
         return rule, False
 
     def eject(self, policy: HealthPolicy, now: float, draw: float) -> float:
-        """Count an ejection at ``now``; return when it ends. The evidence starts afresh."""
+        """Count an ejection at ``now``; return when it ends.
+
+        The window's evidence starts afresh; the run of failures goes on
+        until the provider speaks again.
+        """
         self.ejections = self.recent_ejections(policy, now) + 1
         self.ejected_at = now
         self.buckets.clear()
-        self.consecutive = 0
         return now + policy.ejection_seconds(self.ejections, draw)

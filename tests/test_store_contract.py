@@ -303,13 +303,14 @@ async def test_failed_attempts_in_a_row_eject_at_the_consecutive_limit(store, cl
 
     assert (third.ejected, third.rule, third.spared) == (True, "consecutive", False)
     assert third.down_until == clock() + policy.ejection
-    assert (third.consecutive, third.ejections) == (0, 1)  # the evidence starts afresh
+    # The window starts afresh; the run goes on until the provider speaks.
+    assert (third.consecutive, third.attempts, third.failures, third.ejections) == (3, 0, 0, 1)
     health = await health_of(store, "cartesia")
     assert health.is_down(clock())
     assert (health.down_until, health.since) == (clock() + policy.ejection, clock())
     assert health.reason is FailureReason.NO_FIRST_AUDIO
     assert (health.failures, health.attempts, health.window_failures, health.ejections) == (
-        0,
+        3,
         0,
         0,
         1,
@@ -437,10 +438,10 @@ async def test_exactly_one_of_many_concurrent_writers_ejects_per_incident(handle
         )
 
         assert [v.ejected for v in verdicts].count(True) == 1
-        # Thirty failures, none lost: a run of 3 ejects, then 27 more while it is down.
-        assert sorted(v.consecutive for v in verdicts) == [0, 1, 1, 2, 2, *range(3, 28)]
+        # Thirty failures in a row, none lost; the third ejected.
+        assert sorted(v.consecutive for v in verdicts) == list(range(1, 31))
         (ejection,) = [v for v in verdicts if v.ejected]
-        assert ejection.ejections == incident
+        assert (ejection.consecutive, ejection.ejections) == (3, incident)
         assert ejection.down_until == clock() + policy.ejection * incident
 
         async def seen(incident=incident):
@@ -452,6 +453,30 @@ async def test_exactly_one_of_many_concurrent_writers_ejects_per_incident(handle
 
         await eventually(seen, what="every handle to see the ejection")
         assert [await w.mark_up("cartesia") for w in workers].count(True) == 1
+
+
+async def test_a_provider_still_failing_when_its_ejection_ends_is_ejected_again_at_once(
+    store, clock
+):
+    policy = rules(consecutive=3)
+    for _ in range(3):
+        first = await failed(store, "cartesia", policy=policy)
+    clock.advance(policy.ejection + 1)
+
+    # The run of failures outlived the ejection: one more failure is enough.
+    again = await failed(store, "cartesia", policy=policy)
+
+    assert (first.ejected, again.ejected, again.rule) == (True, True, "consecutive")
+    assert (again.consecutive, again.ejections) == (4, 2)
+    assert again.down_until == clock() + 2 * policy.ejection
+
+    # A provider that speaks first has ended its run: one failure is not enough.
+    for _ in range(3):
+        await failed(store, "elevenlabs", policy=policy)
+    clock.advance(policy.ejection + 1)
+    await spoke(store, "elevenlabs", policy=policy)
+    verdict = await failed(store, "elevenlabs", policy=policy)
+    assert (verdict.ejected, verdict.consecutive) == (False, 1)
 
 
 async def test_attempts_on_a_provider_already_ejected_do_not_eject_it_again(store, clock):

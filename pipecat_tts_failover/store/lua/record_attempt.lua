@@ -125,9 +125,10 @@ if rule then
   seconds = seconds * (1.0 + jitter * math.max(-1.0, math.min(1.0, draw)))
   redis.call('HSET', KEYS[1],
     'down_until', string.format('%.17g', now + seconds), 'reason', failure, 'since', ARGV[3],
-    'failures', 0, 'attempts', 0, 'window_failures', 0,
+    'failures', consecutive, 'attempts', 0, 'window_failures', 0,
     'ejections', count, 'ejection_count', count, 'ejected_at', ARGV[3])
-  -- The evidence starts afresh.
+  -- The window's evidence starts afresh; the run of failures goes on until
+  -- the provider speaks again.
   redis.call('DEL', KEYS[3])
 else
   redis.call('HSET', KEYS[1], 'failures', consecutive, 'attempts', attempts,
