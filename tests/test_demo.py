@@ -48,7 +48,7 @@ def run_cli(*args: str, timeout: float = 60.0, preamble: str = "") -> subprocess
 # What the demo sets to fit a short call, which a user must not take for the defaults.
 NOT_DEFAULTS = [
     'return_to_primary="immediately" (default "next_call")',
-    "cooldown=3.0 (default 60.0)",
+    "cooldown=3.0 (default 30.0)",
     'probes={"cartesia": CartesiaProbe(...)}',
 ]
 

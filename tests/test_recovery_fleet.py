@@ -8,6 +8,7 @@ from pipecat.frames.frames import TTSSpeakFrame
 from pipecat_tts_failover import FailoverTTSService, SlackWebhookAlerter
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.events import ProviderUp
+from pipecat_tts_failover.health import HealthPolicy
 from pipecat_tts_failover.recovery import Recovery, close_recovery
 from pipecat_tts_failover.store.redis import RedisHealthStore
 from tests.support.pipeline import PipelineHarness
@@ -85,7 +86,7 @@ async def test_one_down_and_one_up_alert_per_incident_across_workers(stores, sla
                 "backup": ScriptedTTSService(provider_index=1),
             },
             store=store,
-            cooldown=1.5,
+            health=HealthPolicy.first_failure(1.5),  # each worker's first failure is evidence
             probes={"primary": probe},
             alerters=[alerter],
         )

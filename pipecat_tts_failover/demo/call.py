@@ -335,6 +335,7 @@ def non_default_settings(timing: Timing) -> list[str]:
 
     Durations are in seconds of the call (what the timeline shows, whatever ``--speed``).
     """
+    from pipecat_tts_failover.health import HealthPolicy
     from pipecat_tts_failover.service import FailoverTTSService
 
     defaults = inspect.signature(FailoverTTSService.__init__).parameters
@@ -343,6 +344,8 @@ def non_default_settings(timing: Timing) -> list[str]:
         if name in _DURATIONS:
             value = round(value * timing.speed, 3)
         default = defaults[name].default
+        if name == "cooldown":  # the shorthand for the first ejection's length
+            default = HealthPolicy().ejection
         if value != default:
             shown.append(f"{name}={_python(value)} (default {_python(default)})")
     shown.append(f'probes={{"{PRIMARY}": CartesiaProbe(...)}} (default none)')

@@ -18,6 +18,7 @@ from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
 from pipecat_tts_failover import FailoverTTSService
 from pipecat_tts_failover.events import FailoverEvent, ProviderDown
+from pipecat_tts_failover.health import HealthPolicy
 from pipecat_tts_failover.store import HealthStore
 from tests.support.pipeline import PipelineHarness
 from tests.support.scripted import FaultPlan, ScriptedTTSService, decode_audio
@@ -95,7 +96,7 @@ async def speak_call(
         store: The health store of this "worker".
         primary: The primary's fault plan (``scripted.plan(...)``); None: healthy.
         sentences: What the bot says, one TTSSpeakFrame each.
-        cooldown: The processor's ``cooldown``.
+        cooldown: How long an ejection lasts (the first failure ejects).
         first_audio_timeout: The processor's ``first_audio_timeout`` (and stall timeout).
         pace: Seconds between audio chunks of each provider (0: as fast as possible).
         ms_per_char: Length of the scripted speech, per character of a word.
@@ -122,7 +123,9 @@ async def speak_call(
     tts = FailoverTTSService(
         services=services,
         store=store,
-        cooldown=cooldown,
+        # The fleet tests are about how one worker's ejection reaches the
+        # others: version 0.1's rule (the first failure ejects) makes one.
+        health=HealthPolicy.first_failure(cooldown),
         first_audio_timeout=first_audio_timeout,
         stall_timeout=first_audio_timeout,
         alerters=[recorder, *alerters],
