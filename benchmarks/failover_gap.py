@@ -2,7 +2,8 @@
 
 Run from the repo root::
 
-    .venv/bin/python benchmarks/failover_gap.py [--sentences 6] [--overhead-sentences 150] [--real-sentences 20]
+    .venv/bin/python benchmarks/failover_gap.py [--sentences 6] [--fault-repeats 3]
+        [--overhead-sentences 3] [--repeats 5] [--real-sentences 12] [--real-repeats 5]
 
 For each fault of the primary, prints how many of the call's sentences the
 caller heard in full, for FailoverTTSService and for pipecat's
@@ -10,24 +11,36 @@ caller heard in full, for FailoverTTSService and for pipecat's
 the same scripted providers; the dead air of the first failed sentence (from
 its request to its first audio downstream); and the swap latency: from the
 moment the failure was known (the provider's error, or the first-audio
-deadline) to the backup receiving the request.
+deadline) to the backup receiving the request. Each fault is run
+``--fault-repeats`` times, ours and pipecat's in alternating order; figures are
+the median and range over the repeats.
 
-Then the healthy-path overhead of the wrapper against the bare service: CPU
-seconds per run and the latency each audio frame gains between the service
-pushing it and the next processor receiving it (median and p99). Twice: with a
-scripted service that does next to nothing itself (so every cost of pipecat's
-plumbing shows at full size), and with pipecat's real ``CartesiaTTSService``
-talking to the Cartesia emulator in another process.
+Then the healthy-path overhead of the wrapper against the bare service, as a
+call has it: each sentence sent once the last one was heard, the audio streamed
+in real time (40 ms chunks, each when it is due, as a provider sends it). Per
+repeat every configuration runs once, in random order. CPU is counted over the
+audio path only (from the pipeline started to the last sentence heard); the
+call's set-up (start and end of the pipeline, the idle backup's included) is
+counted apart. Per-frame latency is the time from the provider's service
+pushing an audio frame to the next processor receiving it; the added latency
+is paired by frame: frame k of a configuration against frame k of the bare run
+of the same repeat (the script makes the same frames). Its p50, p99 and max per
+repeat are given as the median and range over repeats. Twice: with a scripted
+service that does next to nothing itself (so every cost of pipecat's plumbing
+shows at full size), and with pipecat's real ``CartesiaTTSService`` talking to
+the Cartesia emulator in another process.
 """
 
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 
 from loguru import logger
 from pipecat.frames.frames import TTSAudioRawFrame, TTSSpeakFrame, TTSStoppedFrame
@@ -36,6 +49,7 @@ from pipecat.pipeline.service_switcher import (
     ServiceSwitcher,
     ServiceSwitcherStrategyFailover,
 )
+from scale import PacedTTSService
 
 from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore
 from tests.support.pipeline import PipelineHarness
@@ -125,42 +139,47 @@ async def speak_paced(processor, texts: list[str], **harness_kwargs) -> Pipeline
     return h
 
 
-async def fault_row(fault: str, n: int) -> dict:
+async def fault_row(fault: str, n: int, ours_first: bool) -> dict:
     texts = sentences(n)
     row: dict = {"fault": fault}
 
-    # Ours.
-    primary, backup = make_providers(fault)
-    tts = FailoverTTSService(
-        services={"primary": primary, "backup": backup},
-        store=InMemoryHealthStore(),
-        first_audio_timeout=FIRST_AUDIO_TIMEOUT,
-        stall_timeout=0.5,
-    )
-    arrivals: dict[int, float] = {}
-    h = await speak_paced(tts, texts, on_down=_stamp(arrivals))
-    row["ours_heard"] = sentences_heard(h, texts)
-    fail_request = primary.request_times[0]
-    backup_request = backup.request_times[0] if backup.request_times else None
-    first_backup_audio = min(
-        (arrivals[f.id] for f in h.audio if f.id in arrivals and _speaker(f) == 1), default=None
-    )
-    row["ours_gap_ms"] = _ms(first_backup_audio - fail_request) if first_backup_audio else None
-    if fault in ("error", "auth", "raise") and primary.error_times:
-        known = primary.error_times[0]
-    elif fault in ("hang",):
-        known = fail_request + FIRST_AUDIO_TIMEOUT
-    else:
-        known = None
-    row["ours_swap_ms"] = _ms(backup_request - known) if (known and backup_request) else None
+    async def ours():
+        primary, backup = make_providers(fault)
+        tts = FailoverTTSService(
+            services={"primary": primary, "backup": backup},
+            store=InMemoryHealthStore(),
+            first_audio_timeout=FIRST_AUDIO_TIMEOUT,
+            stall_timeout=0.5,
+        )
+        arrivals: dict[int, float] = {}
+        h = await speak_paced(tts, texts, on_down=_stamp(arrivals))
+        row["ours_heard"] = sentences_heard(h, texts)
+        fail_request = primary.request_times[0]
+        backup_request = backup.request_times[0] if backup.request_times else None
+        first_backup_audio = min(
+            (arrivals[f.id] for f in h.audio if f.id in arrivals and _speaker(f) == 1),
+            default=None,
+        )
+        row["ours_gap_ms"] = _ms(first_backup_audio - fail_request) if first_backup_audio else None
+        if fault in ("error", "auth", "raise") and primary.error_times:
+            known = primary.error_times[0]
+        elif fault in ("hang",):
+            known = fail_request + FIRST_AUDIO_TIMEOUT
+        else:
+            known = None
+        row["ours_swap_ms"] = _ms(backup_request - known) if (known and backup_request) else None
 
-    # pipecat's ServiceSwitcher with ServiceSwitcherStrategyFailover.
-    primary, backup = make_providers(fault)
-    switcher = ServiceSwitcher(
-        services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover
-    )
-    h2 = await speak_paced(switcher, texts)
-    row["pipecat_heard"] = sentences_heard(h2, texts)
+    async def pipecat():
+        # pipecat's ServiceSwitcher with ServiceSwitcherStrategyFailover.
+        primary, backup = make_providers(fault)
+        switcher = ServiceSwitcher(
+            services=[primary, backup], strategy_type=ServiceSwitcherStrategyFailover
+        )
+        h2 = await speak_paced(switcher, texts)
+        row["pipecat_heard"] = sentences_heard(h2, texts)
+
+    for run in (ours, pipecat) if ours_first else (pipecat, ours):
+        await run()
     return row
 
 
@@ -182,89 +201,170 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-async def overhead(n: int, repeats: int) -> dict:
-    """CPU per run and per-frame latency added by the wrapper on a healthy call.
+async def timed_call(processor, service, texts: list[str]) -> dict:
+    """One healthy call: CPU of the audio path and of the set-up, and each audio frame's hop.
+
+    ``service`` is the provider's service inside ``processor``; a frame's hop is
+    from it pushing the frame to the next processor receiving it, in push order.
+    """
+    pushed: dict[int, float] = {}
+
+    async def on_push(proc, frame):
+        if isinstance(frame, TTSAudioRawFrame):
+            pushed[frame.id] = time.perf_counter()
+
+    service.add_event_handler("on_before_push_frame", on_push)
+    received: dict[int, float] = {}
+    t0 = time.process_time()
+    h = PipelineHarness(processor, on_down=_stamp(received))
+    await h.__aenter__()
+    t1 = time.process_time()
+    for i, text in enumerate(texts):
+        await h.send(TTSSpeakFrame(text))
+        try:
+            await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i, timeout=SENTENCE_WAIT)
+        except TimeoutError:
+            pass
+    t2 = time.process_time()
+    await h.end()
+    t3 = time.process_time()
+    hops = [
+        received[i] - t for i, t in sorted(pushed.items(), key=lambda kv: kv[1]) if i in received
+    ]
+    return {
+        "cpu": t2 - t1,
+        "setup_cpu": (t1 - t0) + (t3 - t2),
+        "hops": hops,
+        "audio_s": sum(len(f.audio) for f in h.audio) / (2 * 16000),
+    }
+
+
+def scripted_processor(kind: str):
+    """The provider's paced scripted service, and what goes in the pipeline for ``kind``.
 
     Besides the bare service, the wrapper and pipecat's switcher, ``pipeline``
     is the service alone inside a pipecat ``Pipeline``: the least any
     processor holding a service pays in pipecat, for reference.
     """
-    texts = sentences(n)
-    kinds = ("bare", "pipeline", "wrapped", "switcher")
-    cpu = {kind: [] for kind in kinds}
-    latency = {kind: [] for kind in kinds}
+    service = PacedTTSService(provider_index=0, name="primary")
+    if kind == "bare":
+        return service, service
+    if kind == "pipeline":
+        return service, Pipeline([service])
+    if kind == "switcher":
+        return service, ServiceSwitcher(
+            services=[service, PacedTTSService(provider_index=1)],
+            strategy_type=ServiceSwitcherStrategyFailover,
+        )
+    return service, FailoverTTSService(
+        services={"primary": service, "backup": PacedTTSService(provider_index=1)},
+        store=InMemoryHealthStore(),
+    )
+
+
+async def overhead(make, kinds: tuple[str, ...], texts: list[str], repeats: int, rng) -> dict:
+    """Every kind once per repeat, in random order; the runs of each kind, by repeat."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for _ in range(repeats):
-        for kind in kinds:
-            service = ScriptedTTSService(provider_index=0, name="primary")
-            pushed: dict[int, float] = {}
+        order = list(kinds)
+        rng.shuffle(order)
+        for kind in order:
+            service, processor = make(kind)
+            runs[kind].append(await timed_call(processor, service, texts))
+    return runs
 
-            async def on_push(proc, frame, pushed=pushed):
-                if isinstance(frame, TTSAudioRawFrame):
-                    pushed[frame.id] = time.perf_counter()
 
-            service.add_event_handler("on_before_push_frame", on_push)
-            if kind == "bare":
-                processor = service
-            elif kind == "pipeline":
-                processor = Pipeline([service])
-            elif kind == "switcher":
-                processor = ServiceSwitcher(
-                    services=[service, ScriptedTTSService(provider_index=1)],
-                    strategy_type=ServiceSwitcherStrategyFailover,
-                )
-            else:
-                processor = FailoverTTSService(
-                    services={"primary": service, "backup": ScriptedTTSService(provider_index=1)},
-                    store=InMemoryHealthStore(),
-                )
-            received: dict[int, float] = {}
-            t0 = time.process_time()
-            async with PipelineHarness(processor, on_down=_stamp(received)) as h:
-                await h.send(*(TTSSpeakFrame(t) for t in texts))
-            cpu[kind].append(time.process_time() - t0)
-            latency[kind].extend(t - pushed[i] for i, t in received.items() if i in pushed)
-    result = {kind: _summary(cpu[kind], latency[kind], repeats) for kind in kinds}
-    # Every character of a scripted word is 60 ms of audio.
-    result["audio_s"] = sum(len(w) for t in texts for w in t.split()) * 0.06
-    return result
+def _q(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def spread(values: list[float], fmt: str = ".3f") -> str:
+    """Median and range over repeats: ``1.234 (1.100-1.300)``."""
+    return (
+        f"{format(statistics.median(values), fmt)} "
+        f"({format(min(values), fmt)}-{format(max(values), fmt)})"
+    )
+
+
+def _print_overhead(runs: dict[str, list[dict]], labels: dict[str, str]):
+    """Per kind: CPU, set-up CPU, hop latency; then each labelled kind against bare, paired."""
+    bare = runs["bare"]
+    print(
+        f"{'':<10} {'audio-path CPU s':>22} {'set-up CPU ms':>22} {'hop p50 ms':>22} "
+        f"{'hop p99 ms':>22} {'frames':>7}"
+    )
+    for kind, kind_runs in runs.items():
+        print(
+            f"{kind:<10} {spread([r['cpu'] for r in kind_runs]):>22} "
+            f"{spread([r['setup_cpu'] * 1000 for r in kind_runs], '.1f'):>22} "
+            f"{spread([_q(r['hops'], 0.5) * 1000 for r in kind_runs]):>22} "
+            f"{spread([_q(r['hops'], 0.99) * 1000 for r in kind_runs]):>22} "
+            f"{len(kind_runs[0]['hops']):>7}"
+        )
+    audio_s = statistics.median(r["audio_s"] for r in bare)
+    for label, kind in labels.items():
+        pairs = list(zip(runs[kind], bare))
+        ratios = [k["cpu"] / b["cpu"] for k, b in pairs]
+        added_cpu = [(k["cpu"] - b["cpu"]) * 1000 / audio_s for k, b in pairs]
+        added_setup = [(k["setup_cpu"] - b["setup_cpu"]) * 1000 for k, b in pairs]
+        added = [[x - y for x, y in zip(k["hops"], b["hops"])] for k, b in pairs]
+        print(
+            f"{label}: audio-path CPU ratio to bare {spread(ratios)} "
+            f"({spread(added_cpu, '+.2f')} ms CPU per second of audio); set-up "
+            f"{spread(added_setup, '+.1f')} ms CPU per call; added latency per frame, paired "
+            f"by frame: p50 {spread([_q(a, 0.5) * 1000 for a in added])} ms, "
+            f"p99 {spread([_q(a, 0.99) * 1000 for a in added])} ms, "
+            f"max {spread([max(a) * 1000 for a in added], '.2f')} ms"
+        )
 
 
 async def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=6)
-    parser.add_argument("--overhead-sentences", type=int, default=150)
-    parser.add_argument("--real-sentences", type=int, default=20)
-    parser.add_argument("--real-repeats", type=int, default=9)
+    parser.add_argument("--fault-repeats", type=int, default=3)
+    parser.add_argument("--overhead-sentences", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--real-sentences", type=int, default=12)
+    parser.add_argument("--real-repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=14)
     args = parser.parse_args()
     logger.remove()
+    rng = random.Random(args.seed)
 
     print(f"Failover per fault ({args.sentences} sentences per call, primary broken throughout,")
     print(
-        f"first_audio_timeout={FIRST_AUDIO_TIMEOUT}s, each sentence sent once the last one ended)"
+        f"first_audio_timeout={FIRST_AUDIO_TIMEOUT}s, each sentence sent once the last one ended; "
+        f"{args.fault_repeats} repeats, ours and pipecat's in alternating order, median (range))"
     )
     header = (
-        f"{'fault':<8} {'ours heard':>11} {'pipecat heard':>14} {'dead air ms':>12} {'swap ms':>9}"
+        f"{'fault':<8} {'ours heard':>11} {'pipecat heard':>14} {'dead air ms':>22} {'swap ms':>18}"
     )
     print(header)
     print("-" * len(header))
     for fault in FAULTS:
-        row = await fault_row(fault, args.sentences)
+        rows = [
+            await fault_row(fault, args.sentences, r % 2 == 0) for r in range(args.fault_repeats)
+        ]
         print(
-            f"{row['fault']:<8} {row['ours_heard']:>5}/{args.sentences:<5} "
-            f"{row['pipecat_heard']:>8}/{args.sentences:<5} "
-            f"{_fmt(row['ours_gap_ms']):>12} {_fmt(row['ours_swap_ms']):>9}"
+            f"{fault:<8} {_heard([r['ours_heard'] for r in rows], args.sentences):>11} "
+            f"{_heard([r['pipecat_heard'] for r in rows], args.sentences):>14} "
+            f"{_spread_or_none([r['ours_gap_ms'] for r in rows], '.1f'):>22} "
+            f"{_spread_or_none([r['ours_swap_ms'] for r in rows], '.1f'):>18}"
         )
 
     print()
+    texts = sentences(args.overhead_sentences)
     print(
         f"Healthy-path overhead, scripted service ({args.overhead_sentences} sentences per run, "
-        f"median of {args.repeats} runs, interleaved)"
+        "each once the last one was heard, audio in 40 ms chunks paced in real time; "
+        f"{args.repeats} repeats, configurations in random order; median (range) over repeats)"
     )
-    result = await overhead(args.overhead_sentences, args.repeats)
+    runs = await overhead(
+        scripted_processor, ("bare", "pipeline", "wrapped", "switcher"), texts, args.repeats, rng
+    )
     _print_overhead(
-        result,
-        ("bare", "pipeline", "wrapped", "switcher"),
+        runs,
         {
             "Pipeline([service])": "pipeline",
             "FailoverTTSService": "wrapped",
@@ -275,11 +375,31 @@ async def main():
     print()
     print(
         f"Healthy-path overhead, pipecat's CartesiaTTSService against the emulator in another "
-        f"process ({args.real_sentences} sentences per run, each once the last one ended, "
-        f"median of {args.real_repeats} runs, interleaved)"
+        f"process (speed 4; {args.real_sentences} sentences per run, each once the last one "
+        f"ended; {args.real_repeats} repeats, order random; median (range) over repeats)"
     )
-    result = await real_service_overhead(args.real_sentences, args.real_repeats)
-    _print_overhead(result, ("bare", "wrapped"), {"FailoverTTSService": "wrapped"})
+    async with (
+        EmulatorProcess("cartesia", speed=4) as cartesia,
+        EmulatorProcess("elevenlabs", speed=4) as elevenlabs,
+    ):
+        runs = await overhead(
+            lambda kind: real_service(kind, cartesia, elevenlabs),
+            ("bare", "wrapped"),
+            sentences(args.real_sentences),
+            args.real_repeats,
+            rng,
+        )
+    _print_overhead(runs, {"FailoverTTSService": "wrapped"})
+
+
+def _heard(values: list[int], n: int) -> str:
+    low, high = min(values), max(values)
+    return f"{low}/{n}" if low == high else f"{low}-{high}/{n}"
+
+
+def _spread_or_none(values: list[float | None], fmt: str) -> str:
+    known = [v for v in values if v is not None]
+    return spread(known, fmt) if known else "-"
 
 
 class EmulatorProcess:
@@ -332,81 +452,6 @@ def real_service(kind: str, cartesia: EmulatorProcess, elevenlabs: EmulatorProce
         services={"cartesia": service, "elevenlabs": backup}, store=InMemoryHealthStore()
     )
     return service, wrapped
-
-
-async def real_service_overhead(n: int, repeats: int) -> dict:
-    """The same comparison with pipecat's real services, talking to emulators in other processes.
-
-    The bare side is pipecat's ``CartesiaTTSService``; the wrapped side the
-    same service as the primary of a FailoverTTSService with pipecat's
-    ``ElevenLabsTTSService`` as the (idle) backup. Sentences are sent one at a
-    time, each once the last one ended, as in a call. Only this process's
-    CPU is counted: the emulators run in their own.
-    """
-    texts = sentences(n)
-    kinds = ("bare", "wrapped")
-    cpu = {kind: [] for kind in kinds}
-    latency = {kind: [] for kind in kinds}
-    async with EmulatorProcess("cartesia", speed=8) as cartesia:
-        async with EmulatorProcess("elevenlabs", speed=8) as elevenlabs:
-            for _ in range(repeats):
-                for kind in kinds:
-                    service, processor = real_service(kind, cartesia, elevenlabs)
-                    pushed: dict[int, float] = {}
-
-                    async def on_push(proc, frame, pushed=pushed):
-                        if isinstance(frame, TTSAudioRawFrame):
-                            pushed[frame.id] = time.perf_counter()
-
-                    service.add_event_handler("on_before_push_frame", on_push)
-                    received: dict[int, float] = {}
-                    t0 = time.process_time()
-                    h = await speak_paced(processor, texts, on_down=_stamp(received))
-                    cpu[kind].append(time.process_time() - t0)
-                    latency[kind].extend(t - pushed[i] for i, t in received.items() if i in pushed)
-                    audio_s = sum(len(f.audio) for f in h.audio) / (2 * 16000)
-    result = {kind: _summary(cpu[kind], latency[kind], repeats) for kind in kinds}
-    result["audio_s"] = audio_s
-    return result
-
-
-def _summary(cpu: list[float], latency: list[float], repeats: int) -> dict:
-    lat = sorted(latency)
-    return {
-        "cpu_s": statistics.median(cpu),
-        "cpu_runs": cpu,
-        "lat_p50_ms": lat[len(lat) // 2] * 1000,
-        "lat_p99_ms": lat[int(len(lat) * 0.99)] * 1000,
-        "frames": len(lat) // repeats,
-    }
-
-
-def _print_overhead(result: dict, kinds: tuple[str, ...], labels: dict[str, str]):
-    """Print the rows, then each labelled kind against the bare service."""
-    bare = result["bare"]
-    print(f"{'':<10} {'CPU s':>8} {'frame lat p50 ms':>17} {'p99 ms':>8} {'frames':>7}")
-    for kind in kinds:
-        r = result[kind]
-        print(
-            f"{kind:<10} {r['cpu_s']:>8.3f} {r['lat_p50_ms']:>17.3f} {r['lat_p99_ms']:>8.3f} {r['frames']:>7}"
-        )
-    for label, kind in labels.items():
-        r = result[kind]
-        added_cpu = r["cpu_s"] - bare["cpu_s"]
-        # Each run against the bare run beside it: the machine's drift between
-        # runs cancels out of the pair.
-        ratios = sorted(k / b for k, b in zip(r["cpu_runs"], bare["cpu_runs"]))
-        print(
-            f"{label}: CPU ratio to bare, median of {len(ratios)} paired runs "
-            f"{statistics.median(ratios):.3f} (range {ratios[0]:.3f}-{ratios[-1]:.3f}; "
-            f"{added_cpu * 1000 / result['audio_s']:+.2f} ms CPU per second of audio); "
-            f"added latency per frame p50 {r['lat_p50_ms'] - bare['lat_p50_ms']:.3f} ms, "
-            f"p99 {r['lat_p99_ms'] - bare['lat_p99_ms']:.3f} ms"
-        )
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
 
 
 if __name__ == "__main__":

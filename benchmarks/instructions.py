@@ -2,25 +2,31 @@
 
 Run from the repo root (needs valgrind)::
 
-    .venv/bin/python benchmarks/instructions.py [--sentences 10]
+    .venv/bin/python benchmarks/instructions.py [--sentences 10] [--repeats 3]
 
 CPU seconds on a shared machine vary by 20 % between identical runs, more than the
-budget being checked (5 %). Instructions do not: ``valgrind --tool=callgrind``
-counts them, the same for the same work whatever else the machine is doing. Four
-processes run under it, side by side: pipecat's ``CartesiaTTSService`` alone and as
-the primary of a FailoverTTSService (``ElevenLabsTTSService`` as the idle backup),
-each speaking ``--sentences`` sentences from the emulators (in processes of their
-own, not counted) and speaking none. The difference between the two counts of a
-kind is what the sentences cost; the ratio of those is the wrapper's overhead on
-the audio path. What holding a second, idle provider costs a call (its connection,
-start and stop) is the difference of the two runs with no sentence.
+budget being checked (5 %). Instructions (``valgrind --tool=callgrind``) vary much
+less, but they do vary: an asyncio program's path depends on timing (how many
+turns of the loop, which timer fires first), so counts are taken one process at a
+time, never two under valgrind at once, and repeated. Four configurations:
+pipecat's ``CartesiaTTSService`` alone and as the primary of a FailoverTTSService
+(``ElevenLabsTTSService`` as the idle backup), each speaking ``--sentences``
+sentences from the emulators (in processes of their own, at real time, not
+counted) and speaking none. Per repeat all four run in random order. The
+difference between the two counts of a kind is what the sentences cost; the
+ratio of those is the wrapper's overhead on the audio path. What holding a
+second, idle provider costs a call (its connection, start and stop) is the
+difference of the two runs with no sentence. Each figure is computed within a
+repeat, then given as the median and range over repeats.
 """
 
 import argparse
 import asyncio
 import os
+import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,8 +47,8 @@ async def speak(kind: str, sentences: int):
 
     logger.remove()
     async with (
-        EmulatorProcess("cartesia", speed=8) as cartesia,
-        EmulatorProcess("elevenlabs", speed=8) as elevenlabs,
+        EmulatorProcess("cartesia", speed=1) as cartesia,
+        EmulatorProcess("elevenlabs", speed=1) as elevenlabs,
     ):
         _, processor = real_service(kind, cartesia, elevenlabs)
         h = await speak_paced(processor, texts(sentences))
@@ -79,9 +85,21 @@ def collected(process: subprocess.Popen) -> tuple[int, str]:
     return int(match.group(1)), frames.group(1) if frames else "?"
 
 
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    """Median and range over repeats."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return (
+        f"{format(statistics.median(values), fmt)} "
+        f"({format(min(values), fmt)} .. {format(max(values), fmt)})"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--run", choices=["bare", "wrapped"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -90,32 +108,44 @@ def main():
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
 
-    with tempfile.TemporaryDirectory() as out_dir:
-        runs = {
-            (kind, n): count(kind, n, out_dir)
-            for kind in ("bare", "wrapped")
-            for n in (0, args.sentences)
-        }
-        counts = {key: collected(process) for key, process in runs.items()}
-
     n = args.sentences
-    print(f"Instructions (valgrind --tool=callgrind), {n} sentences, one process per run")
+    rng = random.Random(args.seed)
+    keys = [(kind, m) for kind in ("bare", "wrapped") for m in (0, n)]
+    repeats: list[dict] = []
+    frames: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as out_dir:
+        for _ in range(args.repeats):
+            order = list(keys)
+            rng.shuffle(order)
+            counts = {}
+            for key in order:
+                # One process under valgrind at a time.
+                counts[key], frame_count = collected(count(*key, out_dir))
+                if key[1]:
+                    frames[key[0]] = frame_count
+            repeats.append(counts)
+
     print(
-        f"{'':<10} {'no sentence':>14} {f'{n} sentences':>14} {'sentences cost':>15} {'frames':>7}"
+        f"Instructions (valgrind --tool=callgrind), {n} sentences, one process at a time, "
+        f"{args.repeats} repeats in random order; median (min .. max) over repeats"
     )
-    cost = {}
-    for kind in ("bare", "wrapped"):
-        idle, _ = counts[(kind, 0)]
-        busy, frames = counts[(kind, n)]
-        cost[kind] = busy - idle
-        print(f"{kind:<10} {idle:>14,} {busy:>14,} {cost[kind]:>15,} {frames:>7}")
-    added = cost["wrapped"] - cost["bare"]
     print(
-        f"FailoverTTSService on the audio path: {cost['wrapped'] / cost['bare']:.3f} x the bare "
-        f"service's instructions ({added / cost['bare'] * 100:+.1f} %); holding the idle backup "
-        f"costs a call {counts[('wrapped', 0)][0] - counts[('bare', 0)][0]:+,} instructions "
-        f"({(counts[('wrapped', 0)][0] - counts[('bare', 0)][0]) / cost['bare'] * 100:+.1f} % "
-        f"of the {n} sentences)"
+        f"{'':<8} {'no sentence':>36} {f'{n} sentences':>36} {'sentences cost':>36} {'frames':>7}"
+    )
+    cost = {kind: [r[(kind, n)] - r[(kind, 0)] for r in repeats] for kind in ("bare", "wrapped")}
+    for kind in ("bare", "wrapped"):
+        print(
+            f"{kind:<8} {spread([r[(kind, 0)] for r in repeats]):>36} "
+            f"{spread([r[(kind, n)] for r in repeats]):>36} {spread(cost[kind]):>36} "
+            f"{frames.get(kind, '?'):>7}"
+        )
+    ratio = [w / b for w, b in zip(cost["wrapped"], cost["bare"])]
+    idle = [r[("wrapped", 0)] - r[("bare", 0)] for r in repeats]
+    idle_share = [i / b * 100 for i, b in zip(idle, cost["bare"])]
+    print(
+        f"FailoverTTSService on the audio path: {spread(ratio, '.3f')} x the bare service's "
+        f"instructions; holding the idle backup costs a call {spread(idle, '+,.0f')} instructions "
+        f"({spread(idle_share, '+.1f')} % of the {n} sentences)"
     )
 
 
