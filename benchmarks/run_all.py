@@ -122,6 +122,18 @@ BENCHMARKS = [
         'default stays `"warm"`; a fleet close to its plan\'s concurrency limit chooses '
         '`"cold"` knowingly.',
     ),
+    (
+        "Fleet health",
+        "fleet_health.py",
+        [],
+        ["--quick", "--stores", "memory"],
+        "Issue 13's scenarios side by side: version 0.1's rule "
+        "(`HealthPolicy.first_failure(60)`), the `HealthPolicy()` defaults and pipecat's "
+        "`ServiceSwitcher` with `ServiceSwitcherStrategyFailover`; many concurrent calls in one "
+        "process sharing one store (in memory and Redis), scripted providers, speech 6x shorter "
+        "than real streamed in real time (the 500-call burst real length); lost and repeated "
+        "sentences decoded from the audio downstream. The script's docstring gives the set-up.",
+    ),
 ]
 
 

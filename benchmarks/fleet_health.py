@@ -1,0 +1,770 @@
+"""Fleet health (issue 13): version 0.1's rule, the HealthPolicy defaults and pipecat's switcher.
+
+Run from the repo root::
+
+    .venv/bin/python benchmarks/fleet_health.py [--quick] [--stores memory,redis]
+        [--only isolated,outage,brownout,flapping,burst,recovery] [--repeats 1] [--docs]
+
+Every row is many concurrent calls in this one process, each a real pipecat
+pipeline (``tests/support/pipeline.py``) around one of:
+
+- ``first_failure``: ``FailoverTTSService(health=HealthPolicy.first_failure(60))``,
+  version 0.1's rule (the first failed sentence ejects the provider for the
+  fleet for 60 s), on today's code otherwise (recovery included);
+- ``defaults``: ``FailoverTTSService()`` with the new ``HealthPolicy()``;
+- ``switcher``: pipecat's ``ServiceSwitcher`` with ``ServiceSwitcherStrategyFailover``
+  (no fleet state: each call finds out for itself; it switches once the service
+  is unusable, which pipecat decides after 3 contexts in a row without audio).
+
+The two FailoverTTSService configurations run once per store: one
+``InMemoryHealthStore``, and one ``RedisHealthStore`` on a redis-server this
+script starts on a free port (and kills at the end). Each row gets a fresh store.
+
+Providers are ``ScriptedTTSService`` (``tests/support/scripted.py``): a
+``primary`` that follows the scenario's faults (by time, at random from a seeded
+generator, or by request), and a healthy ``backup``. A fault strikes a request
+before any audio (an error frame, or a hang). Confirmation and recovery probes
+go through the same services and meet the same faults. The speech is sped up
+4x (15 ms of audio per letter instead of 60, about 0.5 s a sentence), streamed
+in real time in 40 ms chunks, each sentence sent once the last one ended:
+deadlines and health rules keep their real seconds, so a call speaks about four
+times as many sentences a second as a real one (the fleet's evidence comes four
+times as fast per call). The 500-call burst speaks real-length speech in real
+time (60 ms per letter, 60 ms chunks), as ``benchmarks/propagation.py`` does.
+
+What the caller heard is decoded from the audio that reached the end of each
+pipeline (every word's samples encode the word and its speaker): a sentence is
+lost if a word of it was never heard, repeated if a word was heard twice.
+
+Prints one markdown table and the goals; asserts nothing. ``--docs`` writes the
+output as the "Fleet health" section of docs/benchmarks.md (only that section).
+"""
+
+import argparse
+import asyncio
+import gc
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import (
+    EndFrame,
+    TTSAudioRawFrame,
+    TTSSpeakFrame,
+    TTSStoppedFrame,
+)
+from pipecat.pipeline.service_switcher import (
+    ServiceSwitcher,
+    ServiceSwitcherStrategyFailover,
+)
+
+from pipecat_tts_failover import FailoverTTSService, HealthPolicy
+from pipecat_tts_failover.events import (
+    FailureExcused,
+    ProbeFinished,
+    ProviderDown,
+    ProviderUp,
+)
+from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery
+from pipecat_tts_failover.store import InMemoryHealthStore
+from pipecat_tts_failover.store.redis import RedisHealthStore
+from tests.support.pipeline import PipelineHarness
+from tests.support.redis_server import RedisServer
+from tests.support.scripted import ScriptedTTSService
+
+PROVIDERS = ("primary", "backup")
+CONFIGS = ("first_failure", "defaults", "switcher")
+SCENARIOS = ("isolated", "outage", "brownout", "flapping", "burst", "recovery")
+# How long a call waits for a sentence to end before it sends the next one anyway.
+SENTENCE_WAIT = 8.0
+# A new call starting this long after an outage began must not ask the dead provider.
+LATE_CALLER = 1.5
+
+# Words of the calls' sentences: all different, and no two share an audio code.
+_WORDS = (  # noqa: SIM905 - a paragraph reads better than 80 quoted words
+    "thanks calling acme support today your order shipped yesterday morning from warehouse "
+    "should arrive within three days tracking number sent email earlier please keep handy "
+    "refund takes five business weeks account shows balance zero dollars credit card ending "
+    "seven expires next march would like change delivery address street city postal code "
+    "confirmed agent will call back tomorrow between nine eleven anything else help with "
+    "have wonderful evening goodbye meanwhile check status online portal anytime"
+).split()
+
+
+def _sentences() -> list[str]:
+    words, seen = [], set()
+    for word in _WORDS:
+        code = zlib.crc32(word.encode()) % 7000
+        if code not in seen:
+            seen.add(code)
+            words.append(word)
+    # As the scripted providers split them: the last word keeps its full stop.
+    return [" ".join(words[i : i + 6]) + "." for i in range(0, 72, 6)]
+
+
+SENTENCES = _sentences()
+
+
+@dataclass(frozen=True)
+class Speech:
+    """How the scripted providers speak."""
+
+    ms_per_char: int
+    chunk_ms: int
+
+    @property
+    def pace(self) -> float:
+        return self.chunk_ms / 1000
+
+
+FAST = Speech(ms_per_char=10, chunk_ms=40)  # 6x shorter than real speech, streamed in real time
+REAL = Speech(ms_per_char=60, chunk_ms=60)
+
+
+@dataclass
+class Scenario:
+    """One row's traffic and faults.
+
+    Parameters:
+        key: Scenario family (for ``--only``).
+        name: Shown in the table.
+        calls: How many calls.
+        spacing: Seconds between call arrivals (0: all at once).
+        sentences: Sentences per call.
+        fault: ``(t, request index in the call's service, rng) -> fault``: what
+            the primary does to a request made ``t`` seconds into the row.
+        speech: How the providers speak.
+        outage: ``(start, end)`` of a hard outage, for its figures.
+        seed: Seed of the random faults.
+    """
+
+    key: str
+    name: str
+    calls: int
+    spacing: float
+    sentences: int
+    fault: Callable[[float, int, random.Random], str | None]
+    speech: Speech = FAST
+    outage: tuple[float, float] | None = None
+    seed: int = 13
+    configs: tuple[str, ...] = CONFIGS
+
+
+@dataclass
+class Request:
+    t: float
+    call: int
+    provider: str
+    probe: bool
+    fault: str | None
+
+
+@dataclass
+class Call:
+    index: int
+    started: float
+    first: str = "primary"
+    lost: int = 0
+    repeated: int = 0
+    on_backup: int = 0
+    leaked: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Fleet:
+    """What one row's calls did: every request the providers got, every event, every call."""
+
+    scenario: Scenario
+    t0: float = field(default_factory=time.monotonic)
+    requests: list[Request] = field(default_factory=list)
+    events: list[tuple[float, object]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    lags: list[float] = field(default_factory=list)
+    logged: dict[str, int] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def on_event(self, event):
+        self.events.append((self.now(), event))
+
+    def of(self, kind: type, provider: str | None = None) -> list[tuple[float, object]]:
+        return [
+            (t, e)
+            for t, e in self.events
+            if isinstance(e, kind) and (provider is None or e.provider_id == provider)
+        ]
+
+    def faults_for(self, call: int, provider: str):
+        def faults(index: int, text: str) -> str | None:
+            t = self.now()
+            fault = self.scenario.fault(t, index, self.rng) if provider == "primary" else None
+            self.requests.append(Request(t, call, provider, text == PROBE_TEXT, fault))
+            return fault
+
+        return faults
+
+
+def words_heard(frames: list[TTSAudioRawFrame], codes: dict[int, str]) -> list[tuple[str, int]]:
+    """``tests.support.scripted.decode_audio``, vectorized: (word, speaker) per run of samples."""
+    if not frames:
+        return []
+    samples = np.concatenate([np.frombuffer(f.audio, dtype="<i2") for f in frames])
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(samples)) + 1))
+    heard = []
+    for value in samples[starts].tolist():
+        if value:
+            offset = value - 1000
+            heard.append((codes.get(offset - offset % 4, "?"), offset % 4))
+    return heard
+
+
+CODES = {(zlib.crc32(w.encode()) % 7000) * 4: w for s in SENTENCES for w in s.split()}
+
+
+class Harness(PipelineHarness):
+    """PipelineHarness with room for a burst: a longer start, and an end that gives up.
+
+    A call stuck on a hung service (pipecat's switcher never leaves it) must
+    not hold the row: its pipeline is cancelled, not awaited.
+    """
+
+    async def start(self, timeout: float = 60.0):
+        started = asyncio.Event()
+
+        @self._worker.event_handler("on_pipeline_started")
+        async def _started(worker, frame):
+            started.set()
+
+        await self._runner.add_workers(self._worker)
+        self._run = asyncio.create_task(self._runner.run())
+        async with asyncio.timeout(timeout):
+            await started.wait()
+
+    async def finish(self, timeout: float) -> bool:
+        """Send an EndFrame and wait for the pipeline to finish; False if it did not in time."""
+        self._ended = True
+        await self._worker.queue_frame(EndFrame())
+        done, _ = await asyncio.wait({self._run}, timeout=timeout)
+        if not done:
+            self._run.cancel()
+        return bool(done)
+
+
+async def one_call(fleet: Fleet, index: int, config: str, store) -> None:
+    scenario = fleet.scenario
+    call = Call(index, fleet.now())
+    fleet.calls.append(call)
+    services = [
+        ScriptedTTSService(
+            provider_index=i,
+            faults=fleet.faults_for(index, pid),
+            name=f"{pid}#{index}",
+            ms_per_char=scenario.speech.ms_per_char,
+            chunk_ms=scenario.speech.chunk_ms,
+            pace=scenario.speech.pace,
+            stall_after_words=0,
+        )
+        for i, pid in enumerate(PROVIDERS)
+    ]
+    if config == "switcher":
+        processor = ServiceSwitcher(
+            services=services, strategy_type=ServiceSwitcherStrategyFailover
+        )
+    else:
+        processor = FailoverTTSService(
+            services=dict(zip(PROVIDERS, services, strict=True)),
+            store=store,
+            health=HealthPolicy.first_failure(60) if config == "first_failure" else None,
+            alerters=[fleet],
+        )
+    texts = SENTENCES[: scenario.sentences]
+    h = Harness(processor)
+    try:
+        await h.start()
+        if isinstance(processor, FailoverTTSService):
+            call.first = processor.active_provider
+        for i, text in enumerate(texts):
+            await h.send(TTSSpeakFrame(text))
+            try:
+                await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i, timeout=SENTENCE_WAIT)
+            except TimeoutError:
+                pass
+        if not await h.finish(SENTENCE_WAIT + 5):
+            call.error = "end timed out"
+    except Exception as e:  # noqa: BLE001 - a call that breaks is counted, not fatal
+        call.error = repr(e)
+    heard = words_heard(h.audio, CODES)
+    counts: dict[str, int] = {}
+    speakers: dict[str, set[int]] = {}
+    for word, speaker in heard:
+        counts[word] = counts.get(word, 0) + 1
+        speakers.setdefault(word, set()).add(speaker)
+    call.leaked = counts.get("?", 0)
+    for text in texts:
+        words = text.split()
+        if any(counts.get(w, 0) == 0 for w in words):
+            call.lost += 1
+        if any(counts.get(w, 0) > 1 for w in words):
+            call.repeated += 1
+        if any(1 in speakers.get(w, ()) for w in words):
+            call.on_backup += 1
+
+
+async def lag_monitor(fleet: Fleet):
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(0.01)
+        fleet.lags.append(loop.time() - before - 0.01)
+
+
+async def run_row(scenario: Scenario, config: str, store_kind: str, redis_url: str | None):
+    store = None
+    if config != "switcher":
+        if store_kind == "redis":
+            store = RedisHealthStore(redis_url, key_prefix=f"fleet-{uuid.uuid4().hex[:8]}")
+            await store.connect()
+        else:
+            store = InMemoryHealthStore()
+    gc.collect()
+    fleet = Fleet(scenario, rng=random.Random(scenario.seed))
+    LOGGED.clear()
+    monitor = asyncio.create_task(lag_monitor(fleet))
+    started = time.monotonic()
+    tasks = []
+    for i in range(scenario.calls):
+        if scenario.spacing:
+            await asyncio.sleep(max(0.0, i * scenario.spacing - fleet.now()))
+        tasks.append(asyncio.create_task(one_call(fleet, i, config, store)))
+    await asyncio.gather(*tasks)
+    wall = time.monotonic() - started
+    monitor.cancel()
+    fleet.logged = dict(LOGGED)
+    await close_recovery()
+    if store is not None:
+        await store.close()
+    return fleet, wall
+
+
+#
+# Figures
+#
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+
+@dataclass
+class Row:
+    scenario: Scenario
+    config: str
+    store: str
+    fleets: list[Fleet]
+    walls: list[float]
+
+    def per_repeat(self, figure: Callable[[Fleet], float]) -> list[float]:
+        return [figure(f) for f in self.fleets]
+
+
+def med(values: list[float], fmt: str = "{:.0f}") -> str:
+    """Median, with the range when repeated."""
+    if not values:
+        return "-"
+    m = fmt.format(statistics.median(values))
+    if len(values) > 1 and min(values) != max(values):
+        return f"{m} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+    return m
+
+
+def sentences(f: Fleet) -> int:
+    return sum(min(f.scenario.sentences, len(SENTENCES)) for _ in f.calls)
+
+
+def lost(f: Fleet) -> int:
+    return sum(c.lost for c in f.calls)
+
+
+def repeated(f: Fleet) -> int:
+    return sum(c.repeated for c in f.calls)
+
+
+def backup_share(f: Fleet) -> float:
+    return 100.0 * sum(c.on_backup for c in f.calls) / max(1, sentences(f))
+
+
+def started_on_backup(f: Fleet) -> int:
+    return sum(c.first == "backup" for c in f.calls)
+
+
+def callers_failed(f: Fleet) -> int:
+    """Callers' sentences the primary failed (probes apart)."""
+    return sum(1 for r in f.requests if r.provider == "primary" and not r.probe and r.fault)
+
+
+def ejections(f: Fleet, provider: str) -> int:
+    return len(f.of(ProviderDown, provider))
+
+
+def excused(f: Fleet) -> int:
+    return sum(1 for _, e in f.of(FailureExcused) if e.cause == "loop_lag")
+
+
+def outage_figures(f: Fleet) -> str:
+    start, end = f.scenario.outage
+    downs = [t for t, _ in f.of(ProviderDown, "primary") if t >= start]
+    ejected = downs[0] if downs else None
+    failed_before = sum(
+        1
+        for r in f.requests
+        if r.provider == "primary"
+        and not r.probe
+        and r.fault
+        and (ejected is None or r.t < ejected)
+    )
+    late = [c for c in f.calls if c.started >= start + LATE_CALLER]
+    asked = {
+        r.call
+        for r in f.requests
+        if r.provider == "primary" and not r.probe and r.fault and start <= r.t < end
+    }
+    paid = sum(1 for c in late if c.index in asked)
+    when = f"{ejected - start:.2f} s" if ejected is not None else "never"
+    return (
+        f"ejected after {when}, {failed_before} failed sentences before; "
+        f"late callers who asked the dead primary {paid}/{len(late)}"
+    )
+
+
+def recovery_figures(f: Fleet) -> str:
+    downs = f.of(ProviderDown, "primary")
+    if not downs:
+        return "never ejected"
+    t_down, down = downs[0]
+    ups = [t for t, _ in f.of(ProviderUp, "primary") if t > t_down]
+    t_up = ups[0] if ups else None
+    probes = [(t, e) for t, e in f.of(ProbeFinished, "primary") if e.purpose == "recovery"]
+    failed_probes = sum(1 for _, e in probes if not e.ok)
+    # Requests in flight when the ejection was written are the incident's, not recovery's.
+    settle = 0.5
+    window_end = t_up if t_up is not None else float("inf")
+    after = [r for r in f.requests if r.provider == "primary" and t_down + settle < r.t]
+    first = after[0] if after else None
+    paid = [r for r in after if not r.probe and r.t < window_end]
+    paid_calls = {r.call for r in paid}
+    paid_failed = {r.call for r in paid if r.fault}
+    back = f"back at {t_up:.1f} s" if t_up is not None else "not back by the end"
+    first_by = "-" if first is None else ("a probe" if first.probe else "a caller")
+    return (
+        f"ejected at {t_down:.1f} s ({down.rule}, {down.seconds:.0f} s), {len(probes)} "
+        f"recovery probes ({failed_probes} failed), {back}; first to ask it after: {first_by}; "
+        f"callers who paid: {len(paid_calls)} ({len(paid_failed)} met the failure)"
+    )
+
+
+def figures(row: Row) -> str:
+    s = row.scenario
+    f = row.fleets[0]
+    if s.key == "outage":
+        return "; ".join(outage_figures(f) for f in row.fleets)
+    if s.key == "recovery":
+        return "; ".join(recovery_figures(f) for f in row.fleets)
+    if s.key == "burst":
+        lags = [lag for f in row.fleets for lag in f.lags]
+        return (
+            f"failures excused for loop lag {med(row.per_repeat(excused))}; "
+            f"loop lag p50 {p(lags, 0.5) * 1000:.0f} ms p99 {p(lags, 0.99) * 1000:.0f} ms; "
+            f"calls broken {sum(1 for c in f.calls if c.error)}; "
+            f"Redis fell back to the local view {f.logged.get('redis_fallbacks', 0)} times"
+        )
+    return ""
+
+
+def table(rows: list[Row]) -> list[str]:
+    lines = [
+        (
+            "| scenario | config | store | calls | sentences | on backup % "
+            "| calls started on backup | callers' failed sentences | primary ejections "
+            "| backup ejections | lost | repeated | wall s | scenario figures |"
+        ),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        r = row.per_repeat
+        lines.append(
+            f"| {row.scenario.name} | {row.config} | {row.store} | {row.scenario.calls} "
+            f"| {med(r(sentences))} | {med(r(backup_share), '{:.1f}')} "
+            f"| {med(r(started_on_backup))} | {med(r(callers_failed))} "
+            f"| {med(r(lambda f: ejections(f, 'primary')))} "
+            f"| {med(r(lambda f: ejections(f, 'backup')))} | {med(r(lost))} | {med(r(repeated))} "
+            f"| {med(row.walls, '{:.0f}')} | {figures(row)} |"
+        )
+    return lines
+
+
+#
+# Scenarios
+#
+
+
+def isolated(rate: float, calls: int, spacing: float, sentences: int) -> Scenario:
+    return Scenario(
+        "isolated",
+        f"isolated errors {rate * 100:g} %",
+        calls,
+        spacing,
+        sentences,
+        lambda t, i, rng: "error" if rng.random() < rate else None,
+    )
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    calls, spacing = (30, 0.2) if quick else (60, 0.1)
+    rows = [isolated(rate, calls, spacing, 12) for rate in (0.005, 0.01, 0.02, 0.05)]
+    start = 3.0
+    for fault in ("error", "hang"):
+        rows.append(
+            Scenario(
+                "outage",
+                f"hard outage ({fault}) from {start:g} s",
+                calls if quick else 50,
+                0.2,
+                12,
+                lambda t, i, rng, fault=fault: fault if t >= start else None,
+                outage=(start, float("inf")),
+            )
+        )
+    rows.append(
+        Scenario(
+            "brownout",
+            "brownout 30 % errors",
+            calls,
+            spacing,
+            12,
+            lambda t, i, rng: "error" if rng.random() < 0.3 else None,
+        )
+    )
+    rows.append(
+        Scenario(
+            "flapping",
+            "flapping 5 s up / 5 s down",
+            60 if quick else 100,
+            0.2,
+            12,
+            lambda t, i, rng: "error" if int(t // 5) % 2 else None,
+        )
+    )
+    rows.append(
+        Scenario(
+            "burst",
+            f"{300 if quick else 500} calls at once, hang from each call's 2nd request",
+            300 if quick else 500,
+            0.0,
+            3,
+            lambda t, i, rng: "hang" if i >= 1 else None,
+            speech=REAL,
+        )
+    )
+    rows.append(
+        Scenario(
+            "recovery",
+            "recovery: errors until 35 s, then fixed",
+            90,
+            0.5,
+            8,
+            lambda t, i, rng: "error" if t < 35.0 else None,
+            configs=("defaults",),
+        )
+    )
+    return rows
+
+
+GOALS = (
+    "isolated failures up to 2 %: no new call starts on the backup",
+    "hard outage: new calls starting 1.5 s after it began never ask the dead provider",
+    "burst of 300-500 calls: nothing lost, healthy backup never ejected",
+    "recovery with defaults: 0 callers pay",
+    "every case: every sentence heard exactly once",
+)
+
+
+def goals(rows: list[Row]) -> list[str]:
+    lines = []
+    for config in ("first_failure", "defaults", "switcher"):
+        mine = [r for r in rows if r.config == config]
+        if not mine:
+            continue
+        verdicts = []
+        iso = [r for r in mine if r.scenario.key == "isolated" and "5 %" not in r.scenario.name]
+        if iso:
+            ok = all(started_on_backup(f) == 0 for r in iso for f in r.fleets)
+            verdicts.append(f"isolated <= 2 %: {'met' if ok else 'MISSED'}")
+        out = [r for r in mine if r.scenario.key == "outage"]
+        if out:
+            ok = all(
+                "asked the dead primary 0/" in outage_figures(f) for r in out for f in r.fleets
+            )
+            verdicts.append(f"hard outage: {'met' if ok else 'MISSED'}")
+        burst = [r for r in mine if r.scenario.key == "burst"]
+        if burst:
+            ok = all(lost(f) == 0 and ejections(f, "backup") == 0 for r in burst for f in r.fleets)
+            verdicts.append(f"burst: {'met' if ok else 'MISSED'}")
+        rec = [r for r in mine if r.scenario.key == "recovery"]
+        if rec:
+            ok = all("callers who paid: 0 " in recovery_figures(f) for r in rec for f in r.fleets)
+            verdicts.append(f"recovery: {'met' if ok else 'MISSED'}")
+        ok = all(lost(f) == 0 and repeated(f) == 0 for r in mine for f in r.fleets)
+        verdicts.append(f"heard exactly once: {'met' if ok else 'MISSED'}")
+        lines.append(f"- {config}: " + "; ".join(verdicts))
+    return lines
+
+
+#
+# Main
+#
+
+
+LOGGED: dict[str, int] = {}
+# Log lines counted per row (loguru messages containing these).
+_COUNTED = {
+    "Redis unavailable": "redis_fallbacks",
+    "every TTS provider failed": "all_failed",
+}
+
+
+def _count(message):
+    text = message.record["message"]
+    for needle, key in _COUNTED.items():
+        if needle in text and message.record["name"].startswith("pipecat_tts_failover"):
+            LOGGED[key] = LOGGED.get(key, 0) + 1
+
+
+def write_docs(text: str, about: str):
+    """Replace (or add, before the pages' sections) docs/benchmarks.md's "Fleet health" section."""
+    path = ROOT / "docs" / "benchmarks.md"
+    report = path.read_text()
+    section = f"## Fleet health\n\n{about}\n\n{text}\n"
+    marker = "\n## Fleet health\n"
+    if marker in report:
+        before, rest = report.split(marker, 1)
+        after = rest.split("\n## ", 1)
+        tail = "\n## " + after[1] if len(after) > 1 else ""
+        report = before + "\n" + section + tail
+    elif "\n## Fault matrix\n" in report:
+        before, after = report.split("\n## Fault matrix\n", 1)
+        report = before + "\n" + section + "\n## Fault matrix\n" + after
+    else:
+        report = report.rstrip("\n") + "\n\n" + section
+    path.write_text(report)
+
+
+async def main_async(args) -> str:
+    stores = [s for s in args.stores.split(",") if s]
+    only = {s for s in args.only.split(",") if s}
+    out: list[str] = []
+    server = None
+    url = None
+    workdir = tempfile.TemporaryDirectory(prefix="fleet-health-")
+    if "redis" in stores:
+        server = RedisServer(Path(workdir.name)).start()
+        url = server.url
+    out.append(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    try:
+        rows: list[Row] = []
+        for scenario in scenarios(args.quick):
+            if only and scenario.key not in only:
+                continue
+            for config in scenario.configs:
+                for store_kind in ["-"] if config == "switcher" else stores:
+                    fleets, walls = [], []
+                    for repeat in range(args.repeats):
+                        scenario.seed = 13 + repeat
+                        fleet, wall = await run_row(scenario, config, store_kind, url)
+                        fleets.append(fleet)
+                        walls.append(wall)
+                    row = Row(scenario, config, store_kind, fleets, walls)
+                    rows.append(row)
+                    print(table([row])[-1], file=sys.stderr, flush=True)
+        out.append(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        out.append("")
+        lines = table(rows)
+        out += lines
+        out.append("")
+        out.append("Goals (issue 13), per configuration:")
+        out += goals(rows)
+    finally:
+        if server is not None:
+            server.stop()
+        workdir.cleanup()
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls, for a fast look")
+    parser.add_argument("--stores", default="memory,redis", help="memory, redis, or both")
+    parser.add_argument("--only", default="", help="scenarios: " + ",".join(SCENARIOS))
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row (median, range)")
+    parser.add_argument("--log", default=None, help="write WARNING+ logs to this file")
+    parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md's section")
+    args = parser.parse_args()
+    logger.remove()
+    logger.add(_count, level="WARNING")
+    if args.log:
+        logger.add(args.log, level="INFO")
+    started = time.monotonic()
+    text = asyncio.run(main_async(args))
+    took = time.monotonic() - started
+    print(text)
+    if args.docs:
+        shown_args = [a for a in sys.argv[1:] if a != "--docs"]
+        if args.log:  # where the logs went is not part of the benchmark
+            at = shown_args.index("--log") if "--log" in shown_args else None
+            shown_args = shown_args[:at] + shown_args[at + 2 :] if at is not None else shown_args
+            shown_args = [a for a in shown_args if not a.startswith("--log=")]
+        shown = " ".join(["python", "benchmarks/fleet_health.py", *shown_args])
+        write_docs(f"`{shown}` ({took:.0f} s)\n\n{text}", ABOUT)
+
+
+ABOUT = (
+    "Issue 13's scenarios, side by side in one run: version 0.1's rule "
+    "(`HealthPolicy.first_failure(60)`: the first failed sentence ejects the provider for the "
+    "fleet for 60 s), the new `HealthPolicy()` defaults, and pipecat's `ServiceSwitcher` with "
+    "`ServiceSwitcherStrategyFailover` (no fleet state). Many concurrent calls in one process "
+    "share one store (in memory, and Redis on a redis-server the script starts); each is a real "
+    "pipeline around scripted providers: a `primary` that fails by the scenario (an error frame "
+    "or a hang before any audio; at random from a seeded generator, or by time), and a healthy "
+    "`backup`. Probes meet the same faults. Speech is 6x shorter than real (10 ms of audio per "
+    "letter, about 0.4 s a sentence) and streamed in real time, each sentence sent once the last "
+    "ended; deadlines and health rules keep their real seconds, so each call gives the fleet "
+    "evidence about six times as fast as a real one. The burst speaks real-length speech (60 ms "
+    "per letter, 60 ms chunks) as `propagation.py` does. Lost and repeated sentences are decoded "
+    "from the audio that reached the end of each pipeline. Columns: share of sentences with "
+    "backup audio, calls whose first provider was the backup, callers' sentences the primary "
+    "failed (probes apart), ejections (ProviderDown events); outage rows: time from the outage to "
+    "the ejection and the callers' failed sentences before it, and new calls starting 1.5 s or "
+    "more after the outage began that still asked the dead primary; recovery: callers whose "
+    "sentence reached the primary after its ejection (more than 0.5 s after, so not in flight "
+    "then) and before it was marked up. One run per row (the machine is shared: 2 cores, load "
+    "average noted)."
+)
+
+if __name__ == "__main__":
+    main()
