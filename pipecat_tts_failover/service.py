@@ -563,8 +563,12 @@ class FailoverTTSService(BasePipeline):
         reason = reason_for_error(category, raised=False, usable=False, message=message)
         if not reason.is_permanent:
             reason = FailureReason.UNUSABLE
-        moved = self._policy.leave(pid)
         logger.warning(f"{self}: {pid} is unusable ({reason}); skipping it")
+        if pid in self._policy.down:
+            # The call had left it already, and said so: only the fleet learns more.
+            self._record(pid, reason, message or None)
+            return
+        moved = self._policy.leave(pid)
 
         async def report():
             self._notify(SentenceAttempted(pid, reason))

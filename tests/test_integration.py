@@ -12,6 +12,7 @@ import pytest
 
 from pipecat_tts_failover import FailureReason
 from pipecat_tts_failover.latency import AdaptiveTimeout
+from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery
 from pipecat_tts_failover.testing import FaultKind
 from tests.support.integration import (
     SENTENCES,
@@ -48,8 +49,9 @@ HTTP_BACKUP_PAIRS = [("cartesia_ws", "elevenlabs_http"), ("elevenlabs_ws", "cart
 
 @pytest.fixture(autouse=True)
 async def no_leftovers():
-    """Each test leaves no task running behind it."""
+    """Each test leaves no task running behind it (recovery's, like an app's, closed at shutdown)."""
     yield
+    await close_recovery()
     await asyncio.sleep(0)
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
     assert leftover == []
@@ -81,7 +83,12 @@ async def call_with_fault(
         await speak_call(tts, sentences, before=before, call=call)
         # No service was left stuck on the fault: the call ended on its EndFrame.
         assert call.ended_gracefully
-        return call, p.requests(primary), p.requests(backup)
+        return call, callers_requests(p, primary), callers_requests(p, backup)
+
+
+def callers_requests(p, kind: Kind) -> list[str]:
+    """What a provider was asked for the caller (the probes confirming a failure left out)."""
+    return [text for text in p.requests(kind) if text != PROBE_TEXT]
 
 
 def assert_heard_once_in_order(call: Call, cut_short: str | None = None):
@@ -135,8 +142,8 @@ async def test_every_sentence_is_heard_once_in_order_when_the_primary_fails(
     assert_backup_took_over_at(switch, primary_requests, backup_requests)
     if fault == "reject-401" and at == "first" and primary.endswith("_ws"):
         # A 401 on the handshake leaves pipecat's service unusable before any
-        # sentence: it is passed over, not failed.
-        assert call.failures == []
+        # sentence: it is passed over, and reported as what it is.
+        assert call.failures == [(provider_of(primary), FailureReason.AUTHENTICATION)]
     else:
         assert [pid for pid, _ in call.failures] == [provider_of(primary)]
 
