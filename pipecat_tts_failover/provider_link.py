@@ -145,6 +145,21 @@ class ProviderLink:
         """Whether what the service pushes is being dropped until an interruption comes out."""
         return self._draining is not None
 
+    def plays_on(self, context_id: str | None) -> bool:
+        """Whether the service still holds items (audio, words) of this audio context to play.
+
+        pipecat queues a context's audio and word timestamps and plays them in
+        order; a stop frame pushed out of that order (pipecat's Cartesia
+        service does on an error message) can overtake them. Reads the
+        service's queue (``_audio_context_manager``); False if it cannot.
+        """
+        manager = getattr(self.service, "_audio_context_manager", None)
+        contexts = getattr(manager, "_contexts", None)
+        queue = contexts.get(context_id) if isinstance(contexts, dict) else None
+        items = getattr(queue, "_queue", ())
+        keepalive = getattr(manager, "_KEEPALIVE", None)
+        return any(item is not None and item is not keepalive for item in items)
+
     def clock_ns(self) -> int:
         """The service's clock, in nanoseconds: pipecat stamps word frames' pts with it."""
         return self.service.get_clock().get_time()

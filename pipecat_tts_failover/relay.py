@@ -22,6 +22,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.utils.errors import ErrorCategory
+from pipecat.utils.text.alnum_utils import has_alnum
 from pipecat.utils.text.base_text_aggregator import TextType
 
 from pipecat_tts_failover.detection import FailureReason, reason_for_error
@@ -145,10 +146,12 @@ class Relay:
         self._announcement: AggregatedTextFrame | None = None
         self._replaced_announcement: int | None = None
         self._segment_map: dict[int, int] = {}
-        # Stop frames pushed ahead of their context's playback (ids), and
-        # whether one was pushed in the step under way.
+        # Stop frames pushed ahead of their context's playback (ids), the
+        # context of one pushed in the step under way, and an error that waits
+        # for that context's audio to play.
         self._stops_ahead: set[int] = set()
-        self._stop_ahead_now = False
+        self._stop_ahead_context: str | None = None
+        self._deferred_error: tuple[ErrorFrame, str | None] | None = None
         self._failover: asyncio.Task | None = None
         self._release: asyncio.Task | None = None
         # A hedge: the next provider speaking what is owed in parallel, its
@@ -276,6 +279,7 @@ class Relay:
         self._replaced_announcement = None
         self._segment_map.clear()
         self._stops_ahead.clear()
+        self._deferred_error = None
         self._reselect = True
 
     async def _cancel_failover(self):
@@ -339,6 +343,12 @@ class Relay:
     def request(self, link: ProviderLink, context_id: str | None):
         """A provider's service sent a request to its provider."""
         if link is not self.speaker or self._watch is None:
+            return
+        # Text with nothing to say (pipecat's rule: no letters or digits, as
+        # "...", ":)" or an emoji) comes back as silence or nothing: as bare,
+        # that is no failure.
+        if not has_alnum(link.request_text):
+            self._watch.request(context_id, speakable=False)
             return
         if self._span_started is None:
             self._span_started = asyncio.get_running_loop().time()
@@ -507,7 +517,7 @@ class Relay:
                 self._hedge_task = self._hooks.spawn(self._drop_hedge_locked(), "hedge-lost")
             if self._held is not None:
                 self._held.append(frame)
-                if audible and not self._releasing():
+                if audible and not self._releasing() and self._deferred_error is None:
                     await self._release_held()
             elif not audible and watch.awaiting_audio:
                 self._held = [frame]
@@ -526,21 +536,36 @@ class Relay:
                 watch.started(frame)
             if watch.failed is not None:
                 return
-            if isinstance(frame, TTSStoppedFrame) and watch.plays_later(frame):
+            if isinstance(frame, TTSStoppedFrame) and (
+                watch.plays_later(frame) or link.plays_on(frame.context_id)
+            ):
                 # pipecat's Cartesia service pushes a context's stop frame as soon
-                # as the provider reports an error for it, even while an earlier
-                # context still plays: what came of this one is still queued in
-                # the service and plays next, as it would bare. The watch judges
+                # as the provider reports an error for it, even while that context
+                # (or an earlier one) still has audio queued in the service: it
+                # plays after the stop frame, as it would bare. The watch judges
                 # that playback; the error that follows in this step is the
                 # pipeline's, as bare.
+                # Held, with what follows, until the error that may come with
+                # it is judged: a failure must not let the caller's pipeline
+                # think the speech ended.
                 self._stopped_ahead(frame)
-                if self._held is not None:
-                    self._held.append(frame)
-                else:
-                    await self._emit(frame)
+                if self._held is None:
+                    self._held = []
+                self._held.append(frame)
+                if not self._releasing():
+                    self._release = self._hooks.spawn(self._release_after_step(watch), "release")
             elif isinstance(frame, TTSStoppedFrame) and watch.ends_silent(frame):
                 watch.stopped(frame)
                 return
+            elif (
+                isinstance(frame, TTSStoppedFrame)
+                and self._held is None
+                and not watch.speaks_in(frame.context_id)
+            ):
+                # Nothing to say was asked in this context: nothing to judge, so
+                # it ends at once, ahead of pipecat's report that it had no audio.
+                watch.stopped(frame)
+                await self._emit(frame)
             elif isinstance(frame, TTSStoppedFrame):
                 # The end of an audio context is judged a step later: pipecat's
                 # Cartesia service pushes its stop frame and then the provider's
@@ -552,15 +577,20 @@ class Relay:
                     self._release = self._hooks.spawn(self._release_after_step(watch), "release")
             elif self._held is not None:
                 self._held.append(frame)
-            elif isinstance(frame, _WORD_FRAMES) and (watch.awaiting_audio or not timed):
+            elif isinstance(frame, _WORD_FRAMES) and (
+                watch.awaiting_audio or (not timed and has_alnum(frame.text))
+            ):
                 # Words before any audible audio of their request, and words the
                 # provider never timed (pipecat completes a context's words at its
                 # end, and on a dropped socket), are held until audible audio
                 # follows them or the context ends well: a failure must not pass
-                # text off as spoken.
+                # text off as spoken. Text with nothing to say (pipecat completes
+                # it at once) has nothing to pass off.
                 self._held = [frame]
             else:
                 await self._emit(frame)
+        if self._deferred_error is not None:
+            await self._judge_deferred_error(link)
         if watch.idle and watch.requested and watch.audible and self._held is None:
             await self._spoken(watch)
 
@@ -578,15 +608,20 @@ class Relay:
         if link is self._hedge and self._hedge_watch is not None:
             usable = frame.processor.is_usable if frame.processor else True
             reason = reason_for_error(
-                frame.category, raised=frame.exception is not None, usable=usable
+                frame.category,
+                raised=frame.exception is not None,
+                usable=usable,
+                message=frame.error,
             )
             self._hedge_watch.fail(reason, frame.error)
             return
         watch = self._watch
-        if link is self.speaker and self._stop_ahead_now:
-            # The error of a context the service has not played yet (see
-            # _stopped_ahead): its playback, judged by the watch, tells.
-            await self._hooks.push_upstream(frame)
+        ahead = self._stop_ahead_context
+        if link is self.speaker and ahead is not None and link.plays_on(ahead):
+            # The error of a context whose audio the service still holds (see
+            # _stopped_ahead): it is judged once that audio has played, as
+            # the caller hears it bare.
+            self._deferred_error = (frame, ahead)
             return
         if self.speaker is None and link.provider_id == next(iter(self._hooks.order()), None):
             # The call's provider, before the call's first words (a rejected
@@ -596,6 +631,16 @@ class Relay:
         if link is not self.speaker or watch is None or watch.failed is not None:
             logger.debug(f"{link.service}: error of a provider not speaking: {frame.error}")
             return
+        await self._judge_error(watch, frame)
+
+    async def _judge_error(self, watch: SpeechWatch, frame: ErrorFrame):
+        """Fail the speaker for an error, unless nothing it was asked is left unheard."""
+        if (not watch.idle and not watch.owes_speech) or watch.ended_unspoken(frame.error):
+            # Asked only text with nothing to say: whatever the service makes of
+            # it (pipecat reports a context that ended with no audio) is its
+            # own business, as bare.
+            await self._hooks.push_upstream(frame)
+            return
         nothing_owed = not self._ledger.unheard_text() and not self._ledger.owed_frames()
         all_heard = watch.idle and watch.requested and watch.audible
         if (nothing_owed and (watch.idle or watch.audible)) or all_heard:
@@ -604,18 +649,34 @@ class Relay:
             await self._hooks.push_upstream(frame)
             return
         usable = frame.processor.is_usable if frame.processor else True
-        reason = reason_for_error(frame.category, raised=frame.exception is not None, usable=usable)
+        reason = reason_for_error(
+            frame.category, raised=frame.exception is not None, usable=usable, message=frame.error
+        )
         watch.fail(reason, frame.error)
 
     def _stopped_ahead(self, frame: TTSStoppedFrame):
         """Note a stop frame pushed ahead of its context's playback, for this step."""
         self._stops_ahead.add(frame.id)
-        if not self._stop_ahead_now:
-            self._stop_ahead_now = True
+        if self._stop_ahead_context is None:
             asyncio.get_running_loop().call_soon(self._end_stop_ahead_step)
+        self._stop_ahead_context = frame.context_id
 
     def _end_stop_ahead_step(self):
-        self._stop_ahead_now = False
+        self._stop_ahead_context = None
+
+    async def _judge_deferred_error(self, link: ProviderLink):
+        """Judge a deferred error once its context's audio has played."""
+        assert self._deferred_error is not None
+        frame, context_id = self._deferred_error
+        if link.plays_on(context_id):
+            return
+        self._deferred_error = None
+        watch = self._watch
+        if watch is None or watch.failed is not None:
+            return
+        await self._judge_error(watch, frame)
+        if watch.failed is None and self._held is not None and not self._releasing():
+            self._release = self._hooks.spawn(self._release_after_step(watch), "release")
 
     def _releasing(self) -> bool:
         return self._release is not None and not self._release.done()
@@ -625,6 +686,9 @@ class Relay:
         # One turn of the loop: an error pushed in the same step has arrived by then.
         await asyncio.sleep(0)
         if watch is not self._watch or watch.failed is not None or self._held is None:
+            return
+        if self._deferred_error is not None:
+            # Released once the error is judged.
             return
         for frame in self._held:
             if isinstance(frame, TTSStoppedFrame) and frame.id not in self._stops_ahead:
@@ -664,7 +728,8 @@ class Relay:
             if frame.segment_id in self._segment_map:
                 frame.segment_id = self._segment_map[frame.segment_id]
         elif isinstance(frame, AggregatedTextFrame) and frame.will_be_spoken:
-            self._report.sentences += 1
+            if has_alnum(frame.text):
+                self._report.sentences += 1
             if self._replaced_announcement is not None:
                 self._segment_map[frame.id] = self._replaced_announcement
                 self._replaced_announcement = None

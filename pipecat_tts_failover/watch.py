@@ -13,6 +13,7 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
 )
+from pipecat.utils.text.alnum_utils import has_alnum
 
 from pipecat_tts_failover.detection import FailureReason, is_audible
 from pipecat_tts_failover.timeline import WordTimeline
@@ -81,14 +82,20 @@ class SpeechWatch:
         self._word_timestamps = word_timestamps
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        # Requests sent and not yet spoken in full, by audio context.
-        self._requests: dict[str | None, int] = {}
+        # Requests sent and not yet spoken in full, by audio context: whether
+        # each has anything to say (pipecat's rule: letters or digits), in order.
+        self._requests: dict[str | None, list[bool]] = {}
+        # How many of them have something to say: only those are owed audio.
+        self._speech_owed = 0
+        # Audio contexts that ended with nothing to say asked of them.
+        self._unspoken_contexts: list[str] = []
         # Segments announced (their text, by the announcement's id) and done.
         self._announced: dict[int, str] = {}
         self._done_segments: set[int] = set()
         # The segment whose words are being spoken, and its audio context.
         self._segment: int | None = None
         self._segment_context: str | None = None
+        self._segment_speakable = True
         # Its last word has started (the progress frame said nothing is left).
         self._last_word = False
         # A request finished on its last word: audio until that word's end is its tail.
@@ -138,6 +145,27 @@ class SpeechWatch:
         return self._awaiting_since is not None
 
     @property
+    def owes_speech(self) -> bool:
+        """Whether a request with something to say is still owed."""
+        return self._speech_owed > 0
+
+    def speaks_in(self, context_id: str | None) -> bool:
+        """Whether a request with something to say is owed in this audio context."""
+        return any(self._requests.get(context_id, ()))
+
+    def ended_unspoken(self, error: str | None) -> bool:
+        """Whether an error names an audio context that had nothing to say.
+
+        pipecat reports a context that ended with no audio as an error naming
+        it; for text with nothing to say that is no failure of the provider.
+        """
+        if not error:
+            return False
+        if any(c in error for c in self._unspoken_contexts):
+            return True
+        return any(c and c in error and not any(f) for c, f in self._requests.items())
+
+    @property
     def idle(self) -> bool:
         """Whether nothing is owed."""
         return not self._requests
@@ -158,12 +186,26 @@ class SpeechWatch:
         if seconds is not None and seconds < self._deadlines.stall:
             self._deadlines = dataclasses.replace(self._deadlines, stall=seconds)
 
-    def request(self, context_id: str | None):
-        """The service sent a request to its provider, in this audio context."""
+    def request(self, context_id: str | None, *, speakable: bool = True):
+        """The service sent a request to its provider, in this audio context.
+
+        Args:
+            context_id: The request's audio context.
+            speakable: Whether its text has anything to say. Text that has
+                not (punctuation, emoji) comes back as silence or nothing:
+                no audio is owed for it, and its silence fails nothing.
+        """
         if self.failed is not None:
             return
         self.requested = True
-        self._requests[context_id] = self._requests.get(context_id, 0) + 1
+        flags = self._requests.get(context_id)
+        if flags is None:
+            self._requests[context_id] = [speakable]
+        else:
+            flags.append(speakable)
+        if not speakable:
+            return
+        self._speech_owed += 1
         if self._segment is None and self._awaiting_since is None and not self._tail:
             # Nothing is being spoken: the audio is due from the request.
             self._await_audio(from_request=True)
@@ -209,13 +251,13 @@ class SpeechWatch:
                 self._awaiting_since = None
             if self._last_word and timeline is not None and timeline.current_said:
                 self._finish_segment()
-            if self._requests and self._awaiting_since is None:
+            if self._speech_owed and self._awaiting_since is None:
                 self._arm(now + self._deadlines.stall, lazy=True)
             return True
         self._silent_run += seconds
-        if self._requests and self._silent_run > self._deadlines.stall:
+        if self._speech_owed and self._silent_run > self._deadlines.stall:
             self._fail(FailureReason.SILENT_AUDIO)
-        elif self._requests and self._awaiting_since is None:
+        elif self._speech_owed and self._awaiting_since is None:
             self._arm(now + self._deadlines.stall, lazy=True)
         return False
 
@@ -244,7 +286,7 @@ class SpeechWatch:
             if context_id in self._context_audible:
                 if frame.segment_id is not None:
                     self._done_segments.add(frame.segment_id)
-                self._done(context_id)
+                self._done(context_id, speakable=has_alnum(frame.text))
             return True
         if frame.pts and frame.pts > self._max_pts:
             self._max_pts = frame.pts
@@ -293,7 +335,9 @@ class SpeechWatch:
         self._segment = segment_id
         self._segment_context = context_id
         self._last_word = False
-        self._timeline = WordTimeline(self._announced.pop(segment_id, ""), self._speech_rate)
+        text = self._announced.pop(segment_id, None)
+        self._segment_speakable = text is None or has_alnum(text)
+        self._timeline = WordTimeline(text or "", self._speech_rate)
         if context_id == self._audio_context:
             self._timeline.received = self._audio_seconds
         self._words_in_segment = 0
@@ -327,7 +371,7 @@ class SpeechWatch:
     def ends_silent(self, frame: TTSStoppedFrame) -> bool:
         """Whether this end of an audio context fails the provider (it was owed audible audio)."""
         context_id = frame.context_id
-        return bool(self._requests.get(context_id)) and context_id not in self._context_audible
+        return any(self._requests.get(context_id, ())) and context_id not in self._context_audible
 
     def stopped(self, frame: TTSStoppedFrame):
         """The service ended an audio context: whatever it was asked in it is done."""
@@ -389,24 +433,43 @@ class SpeechWatch:
         self._segment = None
         self._last_word = False
         self._tail = True
-        self._done(self._segment_context)
+        self._done(self._segment_context, speakable=self._segment_speakable)
 
-    def _done(self, context_id: str | None, *, everything: bool = False):
-        """One request (or every one) of an audio context was spoken."""
+    def _done(
+        self, context_id: str | None, *, everything: bool = False, speakable: bool = True
+    ):
+        """One request (or every one) of an audio context was spoken.
+
+        A request with something to say that was spoken says the requests with
+        nothing to say before it are done too.
+        """
         if self.failed is not None:
             return
-        if context_id not in self._requests:
+        flags = self._requests.get(context_id)
+        if flags is None:
             if not self._requests or everything:
                 return
             # Told of with another context id: the oldest request is the one done.
-            context_id = next(iter(self._requests))
-        left = 0 if everything else self._requests[context_id] - 1
-        if left > 0:
-            self._requests[context_id] = left
-        else:
+            context_id, flags = next(iter(self._requests.items()))
+        if everything:
+            self._speech_owed -= sum(flags)
+            if not any(flags) and context_id is not None:
+                self._unspoken_contexts = [*self._unspoken_contexts[-3:], context_id]
+            flags.clear()
+        elif speakable:
+            while flags and not flags[0]:
+                del flags[0]
+            if flags:
+                del flags[0]
+                self._speech_owed -= 1
+        elif False in flags:
+            flags.remove(False)
+        elif flags.pop(0):
+            self._speech_owed -= 1
+        if not flags:
             del self._requests[context_id]
         self._awaiting_since = None
-        if self._requests:
+        if self._speech_owed:
             # The next request's audio is due.
             self._await_audio()
         else:
@@ -421,7 +484,7 @@ class SpeechWatch:
 
     def _on_timer(self):
         self._timer = None
-        if self.failed is not None or not self._requests:
+        if self.failed is not None or not self._speech_owed:
             return
         now = self._loop.time()
         if self._awaiting_since is not None:

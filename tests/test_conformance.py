@@ -47,6 +47,7 @@ from pipecat.utils.text.pattern_pair_aggregator import MatchAction, PatternPairA
 
 from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
 from tests.support.conformance import (
+    WORD_SECONDS,
     FakeTTSService,
     Recording,
     Step,
@@ -55,6 +56,7 @@ from tests.support.conformance import (
     frame_signature,
     requested,
     run,
+    spoken_words,
     until,
     wrap,
 )
@@ -520,3 +522,176 @@ async def test_failover_mid_reply_keeps_the_stream_before_it_and_says_every_word
     # The failure was recovered from: nothing for the app to treat as the end of the call.
     assert wrapped.errors == []
     assert len(wrapped.of(LLMFullResponseEndFrame)) == 1
+
+
+#
+# Text with nothing to say (issue 13)
+#
+
+# Ordinary LLM output with no letters or digits (pipecat's rule, ``has_alnum``):
+# providers answer it with silence, or with no audio at all.
+NOTHING_TO_SAY = ["...", "*", ":)", '"', "\N{SLIGHTLY SMILING FACE}", "   "]
+NOTHING_IDS = ["ellipsis", "asterisk", "smiley", "quote", "emoji", "whitespace"]
+
+
+class QuietFakeTTSService(FakeTTSService):
+    """A fake provider that answers words with nothing to say as real ones do.
+
+    Args:
+        answer: ``"silence"``: digital silence as long as a word (with no word
+            timestamp); ``"nothing"``: no audio at all.
+    """
+
+    def __init__(self, *, answer: str = "silence", **kwargs):
+        # An HTTP context ends after this long without audio (pipecat's default is 3 s).
+        kwargs.setdefault("stop_frame_timeout_s", 0.5)
+        super().__init__(**kwargs)
+        self.answer = answer
+
+    def _speech(self, index: int, text: str, context_id: str) -> list:
+        if any(c.isalnum() for c in text):
+            words = spoken_words(text)
+            if all(any(c.isalnum() for c in w) for w in words):
+                return super()._speech(index, text, context_id)
+            # Mixed: speak only the words with something in them.
+            kept = " ".join(w for w in words if any(c.isalnum() for c in w))
+            return super()._speech(index, kept, context_id)
+        if self.answer == "nothing":
+            return []
+        silence = b"\x00\x00" * round(self.sample_rate * WORD_SECONDS)
+        return [TTSAudioRawFrame(silence, self.sample_rate, 1, context_id=context_id)]
+
+
+@dataclass
+class Verdicts:
+    """What FailoverTTSService decided about a call: its events and event handlers."""
+
+    events: list
+    sentence_failed: list
+    all_failed: list
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    @property
+    def failures(self) -> list:
+        return [e for e in self.events if getattr(e, "reason", None) is not None]
+
+
+def watched_wrap(verdicts: Verdicts):
+    """``wrap``, with the verdicts recorded."""
+
+    def make(primary: TTSService, backup: TTSService) -> FrameProcessor:
+        tts = wrap(primary, backup, metrics=verdicts)
+
+        @tts.event_handler("on_sentence_failed")
+        async def on_sentence_failed(processor, provider_id, reason):
+            verdicts.sentence_failed.append((provider_id, reason))
+
+        @tts.event_handler("on_all_providers_failed")
+        async def on_all_providers_failed(processor, text):
+            verdicts.all_failed.append(text)
+
+        return tts
+
+    return make
+
+
+async def nothing_to_say_runs(
+    make: Callable[[], TTSService], steps: Callable[[TTSService], Sequence[Step]]
+) -> tuple[Runs, Verdicts]:
+    """Bare and wrapped, as ``bare_and_wrapped``, with the wrapped call's verdicts."""
+    verdicts = Verdicts([], [], [])
+    service = make()
+    bare = await run(service, steps(service))
+    primary, backup = make(), make()
+    wrapped = await run(watched_wrap(verdicts)(primary, backup), steps(primary))
+    return Runs(bare, wrapped, service, primary, backup), verdicts
+
+
+def assert_no_failure(runs: Runs, verdicts: Verdicts):
+    """Nothing was held against a provider: no failure, no failover, no all-failed error.
+
+    A failover (``FailedOver``) and a failed attempt (``SentenceAttempted``) both carry a reason.
+    """
+    assert verdicts.failures == []
+    assert verdicts.sentence_failed == [] and verdicts.all_failed == []
+    assert getattr(runs.backup, "requests", []) == []
+    assert not [e for e in runs.wrapped.errors if "All providers failed" in e.error]
+
+
+@pytest.mark.parametrize("answer", ["silence", "nothing"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("text", NOTHING_TO_SAY, ids=NOTHING_IDS)
+async def test_reply_with_nothing_to_say_is_the_bare_services_and_fails_no_provider(
+    text, transport, answer
+):
+    runs, verdicts = await nothing_to_say_runs(
+        lambda: QuietFakeTTSService(transport=transport, answer=answer),
+        lambda svc: [*reply(text), until(count(LLMFullResponseEndFrame))],
+    )
+    # pipecat sends such text to the provider (whitespace it drops itself).
+    assert runs.service.requests == ([] if text.isspace() else [text])
+    assert not [f for f in runs.bare.of(TTSAudioRawFrame) if any(f.audio)]
+    if answer == "nothing" and not text.isspace():
+        # pipecat reports a context that ended with no audio, upstream.
+        assert any("completed with no audio" in e.error for e in runs.bare.errors)
+    assert_same_frames(runs.bare, runs.wrapped)
+    assert_no_failure(runs, verdicts)
+
+
+@pytest.mark.parametrize("text", NOTHING_TO_SAY, ids=NOTHING_IDS)
+async def test_speak_frame_with_nothing_to_say_is_the_bare_services_and_fails_no_provider(text):
+    runs, verdicts = await nothing_to_say_runs(
+        lambda: QuietFakeTTSService(transport="ws"),
+        lambda svc: [
+            TTSSpeakFrame(text),
+            TTSSpeakFrame("Still here."),
+            until(count(TTSTextFrame, at_least=2)),
+            until(count(TTSStoppedFrame, at_least=1 if text.isspace() else 2)),
+        ],
+    )
+    assert runs.service.requests[-1] == "Still here." and runs.bare.words
+    assert_same_frames(runs.bare, runs.wrapped)
+    assert_no_failure(runs, verdicts)
+
+
+@pytest.mark.parametrize("answer", ["silence", "nothing"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("text", NOTHING_TO_SAY, ids=NOTHING_IDS)
+async def test_nothing_to_say_between_two_sentences_fails_no_provider(text, transport, answer):
+    runs, verdicts = await nothing_to_say_runs(
+        lambda: QuietFakeTTSService(transport=transport, answer=answer),
+        lambda svc: [
+            *reply("Hello there. ", f"{text} ", "How are you?"),
+            until(count(LLMFullResponseEndFrame)),
+        ],
+    )
+    if not text.isspace():
+        assert text in " ".join(runs.service.requests)
+    assert runs.bare.words and [f for f in runs.bare.of(TTSAudioRawFrame) if any(f.audio)]
+    assert_same_frames(runs.bare, runs.wrapped)
+    assert_no_failure(runs, verdicts)
+    # The next reply is the call's provider's too: nothing was moved.
+    assert verdicts.events and {e.provider_id for e in verdicts.events} == {"primary"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("text", ["...", ":)"], ids=["ellipsis", "smiley"])
+async def test_real_service_given_nothing_to_say_is_the_bare_services_and_fails_no_provider(
+    kind, text
+):
+    # The emulators answer punctuation with digital silence, as providers do.
+    async with emulators() as emu:
+        runs, verdicts = await nothing_to_say_runs(
+            lambda: emu.service(kind),
+            lambda svc: [
+                *reply("Thanks for calling. ", f"{text} ", "Anything else?"),
+                until(count(LLMFullResponseEndFrame)),
+                TTSSpeakFrame(text),
+                until(count(TTSStoppedFrame, at_least=2)),
+            ],
+        )
+    assert any(text in r for r in emu.requests(kind))
+    assert_same_frames(runs.bare, runs.wrapped, merge_audio=kind.endswith("_http"))
+    assert_no_failure(runs, verdicts)
