@@ -316,9 +316,12 @@ class FailoverTTSService(BasePipeline):
         # Each provider's last error, and the loop lag when it last failed.
         self._last_error: dict[str, tuple[ErrorCategory | None, str]] = {}
         self._lag_at_failure: dict[str, float] = {}
+        # Failures recorded in the store as they happened, not yet seen in a report.
+        self._recorded_early: dict[str, int] = {}
         # Probes through this call's idle services, and those of them that confirm a failure.
         self._probing: dict[str, asyncio.Task] = {}
         self._confirming: dict[str, asyncio.Task] = {}
+        self._confirm_pending: set[str] = set()
         listeners = [*alerters, *([metrics] if metrics is not None else [])]
         for listener in listeners:
             if not isinstance(listener, FailoverListener):
@@ -668,6 +671,9 @@ class FailoverTTSService(BasePipeline):
         """Apply the call's move and record every attempt in the fleet's health."""
         outcome = self._policy.sentence_done(failures, spoken_by)
         for pid, reason in failures:
+            if self._recorded_early.get(pid):
+                self._recorded_early[pid] -= 1  # recorded when it happened
+                continue
             self._record(pid, reason, errors.get(pid), confirm=True)
         if spoken_by is not None:
             self._record(spoken_by, None)
@@ -679,14 +685,18 @@ class FailoverTTSService(BasePipeline):
             logger.warning(
                 f"{self}: call moved from {outcome.moved_from} to {outcome.moved_to} for good"
             )
+        self._confirm_when_idle()
 
     async def _sentence_failed(self, pid: str, reason: FailureReason):
-        """A provider failed what it was speaking: note the loop's lag now, tell the app."""
+        """A provider failed what it was speaking: tell the fleet at once (not when the replay is over), and the app."""
         if self._lag is not None:
             since = asyncio.get_running_loop().time() - self._deadlines.first_audio - 0.5
             self._lag_at_failure[pid] = self._lag.worst_since(since)
         if reason.is_permanent:
             self._reported_unusable.add(pid)
+        self._recorded_early[pid] = self._recorded_early.get(pid, 0) + 1
+        error = self._last_error.get(pid, (None, None))[1]
+        self._record(pid, reason, error, confirm=True)
         await self._call_event_handler("on_sentence_failed", pid, reason)
 
     def _excuse(self, pid: str, reason: FailureReason, lag: float) -> str | None:
@@ -740,8 +750,10 @@ class FailoverTTSService(BasePipeline):
             self._notify(FailureExcused(pid, failure, "panic_floor"))
         elif verdict.down_until is not None:
             self._eject_seen(pid)
-        elif confirm and self._health.confirm_probes and pid not in self._probing:
-            self._confirm(pid)
+        elif confirm and self._health.confirm_probes:
+            # Probed once the call no longer uses it (at once if it has moved on).
+            self._confirm_pending.add(pid)
+            self._confirm_when_idle()
         return verdict
 
     def _eject_seen(self, pid: str):
@@ -767,11 +779,16 @@ class FailoverTTSService(BasePipeline):
             and not self._relay.uses(link)
         )
 
+    def _confirm_when_idle(self):
+        """Start the confirmations owed for providers the call has stopped using."""
+        for pid in list(self._confirm_pending):
+            if self._can_probe(self._links[pid]):
+                self._confirm_pending.discard(pid)
+                self._confirm(pid)
+
     def _confirm(self, pid: str):
         """Probe a provider that just failed, up to ``confirm_probes`` times, and record the outcomes."""
         link = self._links[pid]
-        if not self._can_probe(link):
-            return
 
         async def confirm():
             for _ in range(self._health.confirm_probes):
