@@ -34,7 +34,9 @@ time (60 ms per letter, 60 ms chunks), as ``benchmarks/propagation.py`` does.
 
 What the caller heard is decoded from the audio that reached the end of each
 pipeline (every word's samples encode the word and its speaker): a sentence is
-lost if a word of it was never heard, repeated if a word was heard twice.
+lost if a word of it was never heard whole, repeated if a word was heard whole
+twice. A word cut by a failure and said again whole by the next provider (as
+the relay does) is counted apart, as "words cut".
 
 Prints one markdown table and the goals; asserts nothing. ``--docs`` writes the
 output as the "Fleet health" section of docs/benchmarks.md (only that section).
@@ -42,10 +44,12 @@ output as the "Fleet health" section of docs/benchmarks.md (only that section).
 
 import argparse
 import asyncio
+import datetime
 import gc
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,6 +90,8 @@ from tests.support.redis_server import RedisServer
 from tests.support.scripted import ScriptedTTSService
 
 PROVIDERS = ("primary", "backup")
+SAMPLE_RATE = 16000  # the pipeline's, and so the scripted services'
+
 CONFIGS = ("first_failure", "defaults", "switcher")
 SCENARIOS = ("isolated", "outage", "brownout", "flapping", "burst", "recovery")
 # How long a call waits for a sentence to end before it sends the next one anyway.
@@ -181,6 +187,8 @@ class Call:
     repeated: int = 0
     on_backup: int = 0
     leaked: int = 0
+    cut: int = 0
+    heard: list[tuple[str, int, int]] = field(default_factory=list, repr=False)
     error: str | None = None
 
 
@@ -220,17 +228,24 @@ class Fleet:
         return faults
 
 
-def words_heard(frames: list[TTSAudioRawFrame], codes: dict[int, str]) -> list[tuple[str, int]]:
-    """``tests.support.scripted.decode_audio``, vectorized: (word, speaker) per run of samples."""
+def words_heard(
+    frames: list[TTSAudioRawFrame], codes: dict[int, str]
+) -> list[tuple[str, int, int]]:
+    """``tests.support.scripted.decode_audio``, vectorized, with lengths.
+
+    Returns:
+        ``(word, speaker, samples)`` for each run of one word's samples.
+    """
     if not frames:
         return []
     samples = np.concatenate([np.frombuffer(f.audio, dtype="<i2") for f in frames])
     starts = np.concatenate(([0], np.flatnonzero(np.diff(samples)) + 1))
+    lengths = np.diff(np.concatenate((starts, [len(samples)])))
     heard = []
-    for value in samples[starts].tolist():
+    for value, length in zip(samples[starts].tolist(), lengths.tolist(), strict=True):
         if value:
             offset = value - 1000
-            heard.append((codes.get(offset - offset % 4, "?"), offset % 4))
+            heard.append((codes.get(offset - offset % 4, "?"), offset % 4, length))
     return heard
 
 
@@ -309,10 +324,17 @@ async def one_call(fleet: Fleet, index: int, config: str, store) -> None:
             call.error = "end timed out"
     except Exception as e:  # noqa: BLE001 - a call that breaks is counted, not fatal
         call.error = repr(e)
-    heard = words_heard(h.audio, CODES)
+    heard = call.heard = words_heard(h.audio, CODES)
     counts: dict[str, int] = {}
     speakers: dict[str, set[int]] = {}
-    for word, speaker in heard:
+    speech = scenario.speech
+    for word, speaker, samples in heard:
+        # A word cut by a failure is said again whole by the next provider: the
+        # caller heard part of it, then all of it. Only whole words count.
+        whole = round(SAMPLE_RATE * len(word) * speech.ms_per_char / 1000)
+        if samples < 0.95 * whole:
+            call.cut += 1
+            continue
         counts[word] = counts.get(word, 0) + 1
         speakers.setdefault(word, set()).add(speaker)
     call.leaked = counts.get("?", 0)
@@ -423,6 +445,10 @@ def ejections(f: Fleet, provider: str) -> int:
     return len(f.of(ProviderDown, provider))
 
 
+def cut(f: Fleet) -> int:
+    return sum(c.cut for c in f.calls)
+
+
 def excused(f: Fleet) -> int:
     return sum(1 for _, e in f.of(FailureExcused) if e.cause == "loop_lag")
 
@@ -446,7 +472,12 @@ def outage_figures(f: Fleet) -> str:
         if r.provider == "primary" and not r.probe and r.fault and start <= r.t < end
     }
     paid = sum(1 for c in late if c.index in asked)
+    first = next(
+        (r.t for r in f.requests if r.provider == "primary" and not r.probe and r.fault), None
+    )
     when = f"{ejected - start:.2f} s" if ejected is not None else "never"
+    if ejected is not None and first is not None:
+        when += f" ({ejected - first:.2f} s after the first failed request)"
     return (
         f"ejected after {when}, {failed_before} failed sentences before; "
         f"late callers who asked the dead primary {paid}/{len(late)}"
@@ -491,6 +522,7 @@ def figures(row: Row) -> str:
         return (
             f"failures excused for loop lag {med(row.per_repeat(excused))}; "
             f"loop lag p50 {p(lags, 0.5) * 1000:.0f} ms p99 {p(lags, 0.99) * 1000:.0f} ms; "
+            f"words cut and said again whole {med(row.per_repeat(cut))}; "
             f"calls broken {sum(1 for c in f.calls if c.error)}; "
             f"Redis fell back to the local view {f.logged.get('redis_fallbacks', 0)} times"
         )
@@ -675,6 +707,28 @@ def write_docs(text: str, about: str):
     path.write_text(report)
 
 
+def code_version() -> str:
+    """The commit measured, and the package files that differed from it (others edit the tree)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "diff", "--name-only", "HEAD", "--", "pipecat_tts_failover"],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+    except OSError:
+        return "unknown"
+    return commit + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
 async def main_async(args) -> str:
     stores = [s for s in args.stores.split(",") if s]
     only = {s for s in args.only.split(",") if s}
@@ -685,6 +739,7 @@ async def main_async(args) -> str:
     if "redis" in stores:
         server = RedisServer(Path(workdir.name)).start()
         url = server.url
+    out.append(f"code: {code_version()}")
     out.append(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
         rows: list[Row] = []
@@ -740,7 +795,8 @@ def main():
             shown_args = shown_args[:at] + shown_args[at + 2 :] if at is not None else shown_args
             shown_args = [a for a in shown_args if not a.startswith("--log=")]
         shown = " ".join(["python", "benchmarks/fleet_health.py", *shown_args])
-        write_docs(f"`{shown}` ({took:.0f} s)\n\n{text}", ABOUT)
+        today = datetime.date.today().isoformat()
+        write_docs(f"`{shown}` ({took:.0f} s, {today})\n\n{text}", ABOUT)
 
 
 ABOUT = (
@@ -756,7 +812,9 @@ ABOUT = (
     "ended; deadlines and health rules keep their real seconds, so each call gives the fleet "
     "evidence about six times as fast as a real one. The burst speaks real-length speech (60 ms "
     "per letter, 60 ms chunks) as `propagation.py` does. Lost and repeated sentences are decoded "
-    "from the audio that reached the end of each pipeline. Columns: share of sentences with "
+    "from the audio that reached the end of each pipeline: lost if a word was never heard whole, "
+    "repeated if a word was heard whole twice (a word cut by a failure and said again whole by "
+    "the next provider is counted apart). Columns: share of sentences with "
     "backup audio, calls whose first provider was the backup, callers' sentences the primary "
     "failed (probes apart), ejections (ProviderDown events); outage rows: time from the outage to "
     "the ejection and the callers' failed sentences before it, and new calls starting 1.5 s or "
