@@ -11,6 +11,7 @@ from pipecat.frames.frames import (
     Frame,
     InterruptionFrame,
     StartFrame,
+    TTSAudioRawFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.pipeline.pipeline import Pipeline, PipelineSink, PipelineSource
@@ -224,6 +225,11 @@ class ProviderLink:
             self._lifecycle.pop(frame.id, None)
 
     async def _from_service_downstream(self, frame: Frame, direction: FrameDirection):
+        if frame.__class__ is TTSAudioRawFrame and self._draining is None:
+            # The audio path: one check, no isinstance walk.
+            if (listener := self.listener) is not None:
+                await listener.output(self, frame)
+            return
         if isinstance(frame, _LIFECYCLE_FRAMES):
             if event := self._lifecycle.get(frame.id):
                 event.set()

@@ -498,10 +498,33 @@ class Relay:
 
     async def output(self, link: ProviderLink, frame: Frame):
         """Take what a provider's service pushed downstream."""
+        watch = self._watch
+        if (
+            frame.__class__ is TTSAudioRawFrame
+            and link is self.speaker
+            and watch is not None
+            and watch.failed is None
+            and self._held is None
+            and self._hedge is None
+            and self._deferred_error is None
+        ):
+            # The audio path of a healthy call: the same steps as below, fewer checks.
+            audible = watch.audio(frame)
+            if watch.failed is not None:
+                return
+            if not audible and watch.awaiting_audio:
+                self._held = [frame]
+                return
+            if self._context_map:
+                await self._emit(frame)
+            else:
+                await self._hooks.push(frame)
+            if watch.requested and watch.audible and watch.idle:
+                await self._spoken(watch)
+            return
         if link is self._hedge:
             await self._hedge_output(frame)
             return
-        watch = self._watch
         if link is not self.speaker or watch is None or watch.failed is not None:
             logger.trace(f"{self._name}: dropping {frame} from {link.provider_id}")
             return

@@ -82,6 +82,7 @@ class SpeechWatch:
         self._word_timestamps = word_timestamps
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         # Requests sent and not yet spoken in full, by audio context: whether
         # each has anything to say (pipecat's rule: letters or digits), in order.
         self._requests: dict[str | None, list[bool]] = {}
@@ -230,7 +231,7 @@ class SpeechWatch:
             early, self._early_words = self._early_words, []
             for word in early:
                 self._time_word(word)
-        seconds = _seconds(frame)
+        seconds = len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
         self._audio_seconds += seconds
         timeline = self._timeline
         if timeline is not None:
@@ -252,13 +253,18 @@ class SpeechWatch:
             if self._last_word and timeline is not None and timeline.current_said:
                 self._finish_segment()
             if self._speech_owed and self._awaiting_since is None:
-                self._arm(now + self._deadlines.stall, lazy=True)
+                # Lazily: a timer due earlier re-arms itself when it fires.
+                at = now + self._deadlines.stall
+                if self._timer is None or self._timer_at > at:
+                    self._arm(at)
             return True
         self._silent_run += seconds
         if self._speech_owed and self._silent_run > self._deadlines.stall:
             self._fail(FailureReason.SILENT_AUDIO)
         elif self._speech_owed and self._awaiting_since is None:
-            self._arm(now + self._deadlines.stall, lazy=True)
+            at = now + self._deadlines.stall
+            if self._timer is None or self._timer_at > at:
+                self._arm(at)
         return False
 
     def _start_context_audio(self, context_id: str | None):
@@ -435,9 +441,7 @@ class SpeechWatch:
         self._tail = True
         self._done(self._segment_context, speakable=self._segment_speakable)
 
-    def _done(
-        self, context_id: str | None, *, everything: bool = False, speakable: bool = True
-    ):
+    def _done(self, context_id: str | None, *, everything: bool = False, speakable: bool = True):
         """One request (or every one) of an audio context was spoken.
 
         A request with something to say that was spoken says the requests with
@@ -475,11 +479,10 @@ class SpeechWatch:
         else:
             self.close()
 
-    def _arm(self, at: float, *, lazy: bool = False):
+    def _arm(self, at: float):
         if self._timer is not None:
-            if lazy and self._timer.when() <= at:
-                return
             self._timer.cancel()
+        self._timer_at = at
         self._timer = self._loop.call_at(at, self._on_timer)
 
     def _on_timer(self):
@@ -509,7 +512,3 @@ class SpeechWatch:
         self.failed = reason
         self.close()
         self._on_failure(reason, error)
-
-
-def _seconds(frame: TTSAudioRawFrame) -> float:
-    return len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
