@@ -273,6 +273,19 @@ async def test_get_answers_from_the_local_view_without_a_round_trip(shared_serve
     await raw.aclose()
 
 
+async def test_hundreds_of_attempts_at_once_wait_for_a_connection_instead_of_failing(
+    shared_server, stores
+):
+    # 500 calls' writes at once: more than the store's connection pool holds.
+    store = stores(shared_server.url, op_timeout=5.0)
+    assert await store.connect()
+    with captured_logs() as records:
+        verdicts = await asyncio.gather(*(spoke(store, "cartesia") for _ in range(300)))
+    assert all(v.attempts >= 1 for v in verdicts)
+    assert max(v.attempts for v in verdicts) == 300
+    assert messages(records, "WARNING", "") == []
+
+
 async def test_an_attempt_is_one_script_call(shared_server, stores):
     store = stores(shared_server.url)
     assert await store.connect()

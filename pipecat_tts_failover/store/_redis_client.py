@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -80,6 +80,10 @@ class OwnedClient:
                 await sentinel.aclose()
 
 
+# Connections one store keeps to a single Redis server, at most.
+_MAX_CONNECTIONS = 64
+
+
 def make_client(
     *,
     url: str | None,
@@ -131,5 +135,10 @@ def make_client(
         # One quick retry replaces a pooled connection that died with the server;
         # the store does its own reconnecting with backoff.
         kwargs.setdefault("retry", Retry(NoBackoff(), 1))
-        client = Redis.from_url(url, **kwargs)
+        # Hundreds of calls write at once: a command waits (as long as any
+        # command may) for one of a bounded set of connections, rather than
+        # failing on a full pool.
+        kwargs.setdefault("max_connections", _MAX_CONNECTIONS)
+        pool = BlockingConnectionPool.from_url(url, timeout=socket_timeout, **kwargs)
+        client = Redis.from_pool(pool)
     return OwnedClient(client, mask_url(url), secrets)
