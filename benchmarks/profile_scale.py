@@ -261,6 +261,19 @@ def report_memory(calls: int, top: int):
             ),
             reverse=True,
         )
+        # The same, summed by the package's line alone (every allocation beneath it).
+        by_line: dict[str, list[int]] = {}
+        for size, count, k in diffs:
+            line = k.split(" <- ")[0]
+            entry = by_line.setdefault(line, [0, 0])
+            entry[0] += size
+            entry[1] += count
+        print("  by the innermost line of the package (or of pipecat, outside it):")
+        for line, (size, count) in sorted(by_line.items(), key=lambda kv: -kv[1][0])[:top]:
+            print(
+                f"    {size / calls / 1024:+8.1f} KiB/call {count / calls:+8.1f} blocks/call  {line}"
+            )
+        print("  by line and the line that allocated:")
         for size, count, k in diffs[:top]:
             print(
                 f"    {size / calls / 1024:+8.1f} KiB/call {count / calls:+8.1f} blocks/call  {k}"
