@@ -3,8 +3,9 @@
 A first-audio deadline that expires while the loop is hundreds of
 milliseconds behind says more about this process than about the provider. One
 small task per event loop wakes every ``interval`` seconds and notes how late
-it woke; ``FailoverTTSService`` asks for the worst lag over the time an attempt
-was judged, and does not hold a failure against the provider when it passed
+it woke. A call's deadlines give the provider back the time the loop lost
+(:meth:`LoopLagMonitor.stolen_since`), and ``FailoverTTSService`` does not hold
+a failure against the provider when the worst lag while it was judged passed
 the health policy's ``max_loop_lag``.
 """
 
@@ -67,6 +68,22 @@ class LoopLagMonitor:
             last = self._lags[-1][0]
             worst = max(worst, loop.time() - last - self._interval)
         return worst
+
+    def stolen_since(self, since: float) -> float:
+        """Seconds the loop was late, in all, since loop time ``since``: time a timer lost to this process.
+
+        Includes how late the monitor is right now (a loop blocked at this
+        very moment has not woken the monitor to say so).
+        """
+        stolen = 0.0
+        for at, lag in reversed(self._lags):
+            if at < since:
+                break
+            stolen += lag
+        if self._lags and self._task is not None:
+            overdue = asyncio.get_running_loop().time() - self._lags[-1][0] - self._interval
+            stolen += max(0.0, overdue)
+        return stolen
 
     async def _run(self):
         loop = asyncio.get_running_loop()

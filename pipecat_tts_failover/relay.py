@@ -79,6 +79,8 @@ class RelayHooks:
         before_select: Awaited before the speaker is chosen for what comes next.
         hedge_delay: Seconds a request may wait for audio before it is hedged, or None.
         hedge_allowed: Whether the hedge budget allows one more hedge of a provider.
+        stolen: Seconds this process's event loop lost since a loop time: a
+            deadline gives them back to the provider.
     """
 
     push: Callable[[Frame], Awaitable[None]]
@@ -95,6 +97,7 @@ class RelayHooks:
     before_select: Callable[[], Awaitable[None]] | None = None
     hedge_delay: Callable[[str], float | None] = lambda provider_id: None
     hedge_allowed: Callable[[str], bool] = lambda provider_id: False
+    stolen: Callable[[float], float] | None = None
 
 
 class Relay:
@@ -332,6 +335,7 @@ class Relay:
             word_timestamps=link.word_timestamps,
             speech_rate=link.stats.speech_rate,
             clock=link.clock_ns,
+            stolen=self._hooks.stolen,
         )
         watch.limit_stall(link.stall_limit)
         return watch
@@ -415,6 +419,7 @@ class Relay:
                 word_timestamps=link.word_timestamps,
                 speech_rate=link.stats.speech_rate,
                 clock=link.clock_ns,
+                stolen=self._hooks.stolen,
             )
             hedge_watch.limit_stall(link.stall_limit)
             for frame in self._replay_frames():

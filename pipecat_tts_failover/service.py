@@ -356,6 +356,7 @@ class FailoverTTSService(BasePipeline):
                 before_select=self._return_if_recovered if self._return_immediately else None,
                 hedge_delay=self._speed.hedge_delay,
                 hedge_allowed=self._speed.hedge_allowed,
+                stolen=self._stolen_since,
             ),
             str(self),
         )
@@ -582,6 +583,10 @@ class FailoverTTSService(BasePipeline):
 
         self.create_task(report(), name=f"unusable::{pid}")
         self._record(pid, reason, message or None)
+
+    def _stolen_since(self, since: float) -> float:
+        """Seconds the event loop lost since ``since``: the call's deadlines give them back."""
+        return self._lag.stolen_since(since) if self._lag is not None else 0.0
 
     def _remember_error(self, service: TTSService, error: ErrorFrame):
         """Keep each provider's last error: it names why a service became unusable."""

@@ -76,8 +76,10 @@ class SpeechWatch:
         word_timestamps: bool,
         speech_rate: float | None = None,
         clock: Callable[[], int] | None = None,
+        stolen: Callable[[float], float] | None = None,
     ):
         self._deadlines = deadlines
+        self._stolen = stolen
         self._on_failure = on_failure
         self._word_timestamps = word_timestamps
         self._loop = asyncio.get_running_loop()
@@ -492,6 +494,7 @@ class SpeechWatch:
         now = self._loop.time()
         if self._awaiting_since is not None:
             due = self._awaiting_since + self._deadlines.first_audio
+            due += self._grace(self._awaiting_since, self._deadlines.first_audio)
             if now >= due:
                 silent = self._silent_run > 0
                 self._fail(FailureReason.SILENT_AUDIO if silent else FailureReason.NO_FIRST_AUDIO)
@@ -501,10 +504,21 @@ class SpeechWatch:
         if self._last_audio_at is None:
             return
         due = self._last_audio_at + self._deadlines.stall
+        due += self._grace(self._last_audio_at, self._deadlines.stall)
         if now >= due:
             self._fail(FailureReason.STALLED)
         else:
             self._arm(due)
+
+    def _grace(self, since: float, deadline: float) -> float:
+        """The time this process's loop lost since ``since``: the provider gets it back.
+
+        At most twice the deadline, so a provider that is really gone still
+        fails on a loop that stays overloaded.
+        """
+        if self._stolen is None:
+            return 0.0
+        return min(self._stolen(since), 2 * deadline)
 
     def _fail(self, reason: FailureReason, error: str | None = None):
         if self.failed is not None:

@@ -335,23 +335,49 @@ async def test_with_every_provider_down_calls_keep_preference_order(store):
 #
 
 
+async def speak_with_the_loop_blocked(tts, block: float) -> PipelineHarness:
+    """One sentence; the event loop is blocked (a CPU-bound stretch) for ``block`` s once it is asked."""
+    async with PipelineHarness(tts) as h:
+        await h.send(TTSSpeakFrame(SENTENCES[0]))
+        if block:
+            await asyncio.sleep(0.05)  # the request is out
+            time.sleep(block)  # noqa: ASYNC251 - the point: an overloaded process
+        await h.wait_for(lambda: h.of(TTSStoppedFrame))
+    return h
+
+
+async def test_a_deadline_gives_the_provider_back_the_time_the_loop_lost(store):
+    # The primary answers in 0.2 s, inside its 0.3 s deadline; the loop is
+    # blocked for 0.6 s meanwhile. That is this process's lateness, not the
+    # provider's: it keeps the sentence.
+    recorder = Recorder()
+    services = pair()
+    services["primary"].ttfb = 0.2
+    tts = failover(services, store, alerters=[recorder])
+    failed = []
+
+    @tts.event_handler("on_sentence_failed")
+    async def on_failed(processor, pid, reason):
+        failed.append((pid, reason))
+
+    await speak_with_the_loop_blocked(tts, 0.6)
+    assert failed == []
+    assert services["backup"].requests == []
+
+
 @pytest.mark.parametrize("blocked", [True, False], ids=["loop-blocked", "loop-fine"])
 async def test_failures_judged_while_the_loop_lagged_are_not_held_against_the_provider(
     blocked, store
 ):
-    # The primary answers in 0.2 s, inside its 0.3 s deadline; a blocked loop
-    # makes it look late. Unblocked, the same provider really is too slow.
+    # Blocked for longer than a deadline gives back (twice the deadline), the
+    # call moves on, but the failure is not the provider's. Unblocked, the same
+    # provider really is too slow.
     recorder = Recorder()
     policy = HealthPolicy(consecutive=1, confirm_probes=0, max_loop_lag=0.2)
     services = pair()
     services["primary"].ttfb = 0.2 if blocked else 0.5
     tts = failover(services, store, health=policy, alerters=[recorder])
-    async with PipelineHarness(tts) as h:
-        await h.send(TTSSpeakFrame(SENTENCES[0]))
-        if blocked:
-            await asyncio.sleep(0.05)  # the request is out
-            time.sleep(0.6)  # noqa: ASYNC251 - the point: a CPU-bound stretch blocks the loop
-        await h.wait_for(lambda: h.of(TTSStoppedFrame))
+    await speak_with_the_loop_blocked(tts, 1.5 if blocked else 0.0)
     assert [f.reason for f in recorder.events if hasattr(f, "reason") and f.reason][:1] == [
         FailureReason.NO_FIRST_AUDIO
     ]
