@@ -59,23 +59,42 @@ class _SetupOnlyObserver(BaseObserver):
     Observers see the stream the caller hears, as FailoverTTSService pushes
     it. Inside a provider's pipeline they would see every frame twice and,
     worse, the frames of attempts that were abandoned and never heard (an
-    RTVI client would be told the bot started speaking once per attempt); and
-    every audio chunk would pay for being observed twice.
+    RTVI client would be told the bot started speaking once per attempt).
+
+    Once the set-up is reported it reads as no observer at all (it is falsy),
+    so pipecat's push skips it: no per-frame record is built, nothing awaited.
     """
 
     def __init__(self, observer: BaseObserver):
         super().__init__()
         self._observer = observer
+        self._setting_up = True
+
+    def __bool__(self) -> bool:
+        return self._setting_up
+
+    def set_up(self):
+        """The providers' processors are set up: from now on, observe nothing."""
+        self._setting_up = False
 
     async def on_processor_setup(self, data: ProcessorSetUp):
         await self._observer.on_processor_setup(data)
 
 
 def provider_setup(setup: FrameProcessorSetup) -> FrameProcessorSetup:
-    """The set-up for the providers' pipelines: the pipeline's, minus frame observation."""
+    """The set-up for providers' pipelines: the pipeline's, its observer told only of set-ups.
+
+    Call :func:`setup_done` with it once those pipelines are set up.
+    """
     if setup.observer is None:
         return setup
     return dataclasses.replace(setup, observer=_SetupOnlyObserver(setup.observer))
+
+
+def setup_done(setup: FrameProcessorSetup):
+    """The pipelines set up with ``setup`` are ready: its observer stops observing."""
+    if isinstance(setup.observer, _SetupOnlyObserver):
+        setup.observer.set_up()
 
 
 def _stall_limit(service: TTSService) -> float | None:

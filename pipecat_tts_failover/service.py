@@ -49,7 +49,7 @@ from pipecat_tts_failover.latency import AdaptiveTimeout, parse_quantile
 from pipecat_tts_failover.link_probe import probe_link
 from pipecat_tts_failover.loop_lag import LoopLagMonitor, loop_lag_monitor
 from pipecat_tts_failover.policy import CallPolicy
-from pipecat_tts_failover.provider_link import ProviderLink, provider_setup
+from pipecat_tts_failover.provider_link import ProviderLink, provider_setup, setup_done
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
 from pipecat_tts_failover.recovery import Probe, ProbeVerdict, Recovery, recovery_for
 from pipecat_tts_failover.relay import Relay, RelayHooks, SentenceReport
@@ -364,7 +364,7 @@ class FailoverTTSService(BasePipeline):
             link.listener = self._relay
             link.service.add_event_handler("on_error", self._remember_error)
         self._start_frame: StartFrame | None = None
-        self._provider_setup: FrameProcessorSetup | None = None
+        self._pipeline_setup: FrameProcessorSetup | None = None
 
         self._register_event_handler("on_failover")
         self._register_event_handler("on_sentence_failed")
@@ -417,7 +417,7 @@ class FailoverTTSService(BasePipeline):
         """
         await super().setup(setup)
         self._setup_finished()
-        self._provider_setup = provider_setup(setup)
+        self._pipeline_setup = setup
         links = list(self._links.values())
         await self._set_up_links(links[:1] if self._cold_standby else links)
 
@@ -425,8 +425,10 @@ class FailoverTTSService(BasePipeline):
         links = [link for link in links if not link.set_up]
         for link in links:
             link.set_up = True
-        if links and self._provider_setup is not None:
-            await self._setup_processors([link.pipeline for link in links], self._provider_setup)
+        if links and self._pipeline_setup is not None:
+            setup = provider_setup(self._pipeline_setup)
+            await self._setup_processors([link.pipeline for link in links], setup)
+            setup_done(setup)
 
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""

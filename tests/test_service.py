@@ -15,6 +15,7 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
 )
+from pipecat.observers.base_observer import BaseObserver, FramePushed, ProcessorSetUp
 
 from pipecat_tts_failover import (
     AdaptiveTimeout,
@@ -255,6 +256,36 @@ async def test_observers_see_what_the_caller_hears_and_nothing_of_abandoned_atte
     assert len(observer.of(TTSStartedFrame)) == 1 and len(observer.of(TTSStoppedFrame)) == 1
     assert [f.text for f in observer.of(TTSTextFrame)] == SENTENCES[0].split()
     assert [f.id for f in observer.of(TTSAudioRawFrame)] == [f.id for f in h.audio]
+
+
+class SetupAndPushObserver(BaseObserver):
+    """Records which processors were set up, and who pushed each frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.set_up: list[object] = []
+        self.pushed_by: set[object] = set()
+
+    async def on_processor_setup(self, data: ProcessorSetUp):
+        self.set_up.append(data.processor)
+
+    async def on_push_frame(self, data: FramePushed):
+        self.pushed_by.add(data.source)
+
+
+@pytest.mark.parametrize("standby", ["warm", "cold"])
+async def test_observers_are_told_of_the_providers_set_up_and_see_none_of_their_pushes(
+    store, standby
+):
+    services = providers(plan({0: "hang"}), None)
+    observer = SetupAndPushObserver()
+    tts = failover(services, store, standby=standby)
+    await speak_all(tts, SENTENCES[:2], observers=[observer])
+    # Both services were set up and reported (the backup on its failover, when cold)...
+    assert all(s in observer.set_up for s in services.values())
+    # ...but no frame pushed inside a provider's pipeline was observed.
+    inside = {p for link in tts._links.values() for p in link.pipeline.processors}
+    assert observer.pushed_by and not observer.pushed_by & (inside | set(services.values()))
 
 
 async def test_late_audio_from_an_abandoned_attempt_never_reaches_the_caller(store):
