@@ -21,6 +21,7 @@ from pipecat_tts_failover.events import FailureExcused, ProbeFinished, ProviderD
 from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery
 from pipecat_tts_failover.store.memory import InMemoryHealthStore
 from pipecat_tts_failover.store.redis import RedisHealthStore
+from tests.support.calls import EventRecorder
 from tests.support.integration import VOICE, providers
 from tests.support.pipeline import PipelineHarness
 from tests.support.redis_server import RedisServer, running
@@ -32,17 +33,6 @@ SENTENCES = [
     "It should arrive within three days.",
     "Is there anything else I can help with?",
 ]
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, event):
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 class Switch:
@@ -133,7 +123,7 @@ NO_PROBES = HealthPolicy(confirm_probes=0, jitter=0.0)
 
 
 async def test_an_isolated_failure_confirmed_healthy_by_a_probe_ejects_nobody(store):
-    recorder = Recorder()
+    recorder = EventRecorder()
     services = pair(plan({0: "error"}))  # the first request fails, the probe after it speaks
     tts = failover(services, store, alerters=[recorder])
     await call(tts, SENTENCES[:2], settle=lambda: until(lambda: _probed(recorder, 1)))
@@ -147,14 +137,14 @@ async def test_an_isolated_failure_confirmed_healthy_by_a_probe_ejects_nobody(st
     assert second["primary"].requests == SENTENCES[:1]
 
 
-async def _probed(recorder: Recorder, n: int) -> bool:
+async def _probed(recorder: EventRecorder, n: int) -> bool:
     return len(recorder.of(ProbeFinished)) >= n
 
 
 async def test_a_provider_failing_every_request_is_ejected_before_the_next_caller_meets_it(store):
     # One call at a time: the caller's failure and two probes through the
     # call's idle primary, which fail too, are three in a row.
-    recorder = Recorder()
+    recorder = EventRecorder()
     services = pair(plan(every="error"))
     tts = failover(services, store, alerters=[recorder])
     await call(tts, SENTENCES[:2], settle=lambda: until(lambda: is_down(store)))
@@ -209,7 +199,7 @@ async def test_failure_rate_ejects_once_the_window_has_its_volume(store):
     policy = HealthPolicy(consecutive=100, confirm_probes=0, min_volume=6, failure_rate=0.5)
     services = pair(plan({i: "error" for i in range(0, 12, 2)}))
     tts = failover(services, store, health=policy, failure_threshold=100)
-    recorder = Recorder()
+    recorder = EventRecorder()
     tts._listeners.append(recorder)
     sentences = [f"Sentence number {i}." for i in range(12)]
     async with PipelineHarness(tts) as h:
@@ -242,7 +232,7 @@ async def test_below_the_volume_floor_a_high_failure_rate_ejects_nobody(store):
 
 
 async def test_a_permanent_failure_ejects_at_once_with_its_real_reason(store):
-    recorder = Recorder()
+    recorder = EventRecorder()
     services = pair(plan(every="auth"))
     await call(failover(services, store, alerters=[recorder]), SENTENCES[:1])
     [down] = recorder.of(ProviderDown)
@@ -251,7 +241,7 @@ async def test_a_permanent_failure_ejects_at_once_with_its_real_reason(store):
 
 
 async def test_a_provider_skipped_as_unusable_is_reported_ejected_and_alerted_once(store):
-    recorder = Recorder()
+    recorder = EventRecorder()
     services = pair()
     await services["primary"].set_usable(False)  # as pipecat does after a permanent error
     tts = failover(services, store, alerters=[recorder])
@@ -309,7 +299,7 @@ async def test_repeated_ejections_last_longer():
 
 async def test_the_last_provider_up_is_never_ejected_for_failures(store):
     await store.mark_down("backup", reason=FailureReason.ERROR, cooldown=60)
-    recorder = Recorder()
+    recorder = EventRecorder()
     policy = HealthPolicy(consecutive=1, confirm_probes=0)
     services = pair(plan({0: "error"}))
     await call(failover(services, store, health=policy, alerters=[recorder]), SENTENCES[:2])
@@ -350,7 +340,7 @@ async def test_a_deadline_gives_the_provider_back_the_time_the_loop_lost(store):
     # The primary answers in 0.2 s, inside its 0.3 s deadline; the loop is
     # blocked for 0.6 s meanwhile. That is this process's lateness, not the
     # provider's: it keeps the sentence.
-    recorder = Recorder()
+    recorder = EventRecorder()
     services = pair()
     services["primary"].ttfb = 0.2
     tts = failover(services, store, alerters=[recorder])
@@ -372,7 +362,7 @@ async def test_failures_judged_while_the_loop_lagged_are_not_held_against_the_pr
     # Blocked for longer than a deadline gives back (twice the deadline), the
     # call moves on, but the failure is not the provider's. Unblocked, the same
     # provider really is too slow.
-    recorder = Recorder()
+    recorder = EventRecorder()
     policy = HealthPolicy(consecutive=1, confirm_probes=0, max_loop_lag=0.2)
     services = pair()
     services["primary"].ttfb = 0.2 if blocked else 0.5
@@ -396,7 +386,7 @@ async def test_failures_judged_while_the_loop_lagged_are_not_held_against_the_pr
 
 
 async def test_an_ejected_provider_is_probed_back_through_a_live_call_s_idle_service(store):
-    recorder = Recorder()
+    recorder = EventRecorder()
     outage = Switch("error")
     policy = HealthPolicy(ejection=0.5, jitter=0.0)
     first = pair(outage)
@@ -422,7 +412,7 @@ async def test_an_ejected_provider_is_probed_back_through_a_live_call_s_idle_ser
     assert third["primary"].requests == SENTENCES[:1]
 
 
-async def _came_back(recorder: Recorder) -> bool:
+async def _came_back(recorder: EventRecorder) -> bool:
     return bool(recorder.of(ProviderUp))
 
 
@@ -473,7 +463,7 @@ def test_cooldown_is_the_first_ejection_s_length():
 async def test_a_broken_key_is_reported_moved_off_and_ejected_with_its_real_reason(store):
     # pipecat's Cartesia service is refused with 401 when it connects, and
     # pipecat marks it unusable: the call must say so, not skip it silently.
-    recorder = Recorder()
+    recorder = EventRecorder()
     async with providers() as emulators:
         cartesia = CartesiaTTSService(
             api_key="wrong",

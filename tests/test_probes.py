@@ -12,6 +12,7 @@ from pipecat_tts_failover.recovery import PROBE_TEXT, close_recovery, run_probe
 from pipecat_tts_failover.store.memory import InMemoryHealthStore
 from pipecat_tts_failover.store.redis import RedisHealthStore
 from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
+from tests.support.calls import EventRecorder
 from tests.support.emulators import API_KEY, cartesia_ws, elevenlabs_ws
 from tests.support.pipeline import PipelineHarness
 from tests.support.redis_server import RedisServer, running
@@ -72,14 +73,6 @@ async def test_service_probe_speaks_through_a_pipecat_service():
         assert verdict.reason is FailureReason.SILENT_AUDIO
 
 
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, event):
-        self.events.append(event)
-
-
 @pytest.fixture(scope="module")
 def redis(tmp_path_factory):
     with running(RedisServer(tmp_path_factory.mktemp("redis-probes"))) as server:
@@ -100,7 +93,7 @@ async def any_store(request):
 
 async def test_outage_probes_recovery_and_calls_back_on_the_primary_end_to_end(any_store):
     store = any_store
-    recorder = Recorder()
+    recorder = EventRecorder()
     async with (
         CartesiaEmulator(fault="hang", speed=20) as cartesia,
         ElevenLabsEmulator(speed=20) as eleven,

@@ -15,6 +15,7 @@ from pipecat_tts_failover import (
 from pipecat_tts_failover.events import ProbeFinished, ProviderUp
 from pipecat_tts_failover.recovery import PROBE_TEXT, Recovery, close_recovery, run_probe
 from pipecat_tts_failover.store.base import Controls
+from tests.support.calls import EventRecorder
 from tests.support.pipeline import PipelineHarness
 from tests.support.scripted import ScriptedTTSService, decode_audio, plan
 
@@ -22,17 +23,6 @@ SPEECH = np.full(320, 3000, dtype="<i2").tobytes()
 SILENCE = bytes(640)
 SENTENCES = ["Good morning caller.", "Your balance is ten dollars.", "Goodbye now."]
 VOCABULARY = [w for s in SENTENCES for w in s.split()]
-
-
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def on_event(self, event):
-        self.events.append(event)
-
-    def of(self, kind):
-        return [e for e in self.events if isinstance(e, kind)]
 
 
 class ScriptedProbe:
@@ -81,7 +71,7 @@ async def test_probe_succeeds_only_with_audible_audio_in_time(outcome, reason):
 
 async def test_failed_probes_back_off_then_recovery_marks_the_provider_up():
     store = InMemoryHealthStore()
-    recorder = Recorder()
+    recorder = EventRecorder()
     probe = ScriptedProbe("raise", "zeros", "speak")
     recovery = Recovery(store, first_audio_timeout=0.1, backoff_base=0.05, jitter=0.0)
     recovery.add({"primary": probe}, [recorder])
@@ -126,7 +116,7 @@ async def test_two_workers_racing_to_probe_run_one_probe():
         yield SPEECH
 
     workers = [Recovery(store, first_audio_timeout=1.0) for _ in range(2)]
-    recorders = [Recorder(), Recorder()]
+    recorders = [EventRecorder(), EventRecorder()]
     for worker, recorder in zip(workers, recorders):
         worker.add({"primary": slow_probe}, [recorder])
     await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.1)
@@ -162,7 +152,7 @@ async def speak(tts, sentences=SENTENCES):
 
 async def test_recovered_primary_takes_the_next_call_end_to_end():
     store = InMemoryHealthStore()
-    recorder = Recorder()
+    recorder = EventRecorder()
     probe = ScriptedProbe("zeros", "speak")
     first = providers(plan(every="hang"))
     tts = FailoverTTSService(
@@ -240,7 +230,7 @@ async def test_by_default_a_call_in_progress_stays_on_its_provider():
 async def test_canary_call_that_speaks_marks_the_primary_up():
     store = InMemoryHealthStore()
     await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=60)
-    recorder = Recorder()
+    recorder = EventRecorder()
     services = providers()
     tts = FailoverTTSService(
         services=services, store=store, canary_fraction=1.0, alerters=[recorder]
