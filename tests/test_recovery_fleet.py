@@ -11,11 +11,12 @@ from pipecat_tts_failover.events import ProviderUp
 from pipecat_tts_failover.health import HealthPolicy
 from pipecat_tts_failover.recovery import Recovery, close_recovery
 from pipecat_tts_failover.store.redis import RedisHealthStore
+from tests.support.calls import EventRecorder
 from tests.support.pipeline import PipelineHarness
 from tests.support.redis_server import RedisServer, running
 from tests.support.scripted import ScriptedTTSService, plan
 from tests.test_alerts import slack  # noqa: F401 - the local Slack stand-in fixture
-from tests.test_recovery import SPEECH, Recorder, ScriptedProbe
+from tests.test_recovery import SPEECH, ScriptedProbe
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ async def test_two_workers_racing_to_probe_run_one_probe(stores):
         await release.wait()
         yield SPEECH
 
-    recorders = [Recorder(), Recorder()]
+    recorders = [EventRecorder(), EventRecorder()]
     workers = [Recovery(store, first_audio_timeout=2.0) for store in stores]
     for worker, recorder in zip(workers, recorders):
         worker.add({"primary": slow_probe}, [recorder])
