@@ -33,6 +33,7 @@ from pipecat_tts_failover.testing import (
     SynthesisRequest,
 )
 from pipecat_tts_failover.testing._cli import build_emulator
+from pipecat_tts_failover.testing._speech import synthesize
 from tests.support.emulators import (
     API_KEY,
     SAMPLE_RATE,
@@ -1264,3 +1265,20 @@ def test_the_command_line_and_the_python_api_share_their_defaults():
     assert emulator.max_contexts_per_socket == python.max_contexts_per_socket == 5
     cartesia = build_emulator(build_parser().parse_args(["emulate", "cartesia"]))
     assert cartesia.idle_timeout == CartesiaEmulator().idle_timeout == 300.0
+
+
+@pytest.mark.parametrize("text", ["...", ":)", "'", "*", "\U0001f600", "\u2014"])
+def test_text_with_nothing_to_say_is_silent_as_real_providers_answer_it(text):
+    speech = synthesize(f"Hello {text} there", 16000)
+    silent = synthesize(text, 16000)
+    assert len(silent.samples) and not np.any(silent.samples)
+    # ...and between words it is a gap, while the words are voiced.
+    assert np.any(speech.samples)
+
+
+def test_words_keep_their_apostrophes_and_hyphens_voiced():
+    speech = synthesize("don't re-do", 16000)
+    char = len(speech.samples) // len("don't re-do")
+    for i, c in enumerate("don't re-do"):
+        voiced = np.any(speech.samples[i * char : (i + 1) * char])
+        assert voiced == (c != " "), c

@@ -2,14 +2,15 @@
 
 Every character lasts ``ms_per_char``. Letters, digits, apostrophes and hyphens
 are voiced: a few harmonics of a pitch between 110 and 220 Hz chosen from the
-word, gliding a little, under a syllable-rate amplitude envelope. Whitespace and
-punctuation are silent, which gives the gaps between words. The same text always
+word, gliding a little, under a syllable-rate amplitude envelope. Whitespace,
+punctuation and symbols (emoji) are silent, which gives the gaps between words;
+a word without a letter or digit (``...``, ``:)``, a lone quote) is silent
+whole, as real providers answer it. The same text always
 gives the same samples, so tests can compare audio across runs.
 """
 
 import math
 import re
-import string
 import zlib
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ import numpy as np
 __all__ = ["ENCODINGS", "Speech", "bytes_per_sample", "encode", "synthesize", "wav_header"]
 
 _WORD_GROUP = re.compile(r"\s*\S+\s*|\s+")
-_SILENT = (set(string.whitespace) | set(string.punctuation)) - {"'", "-"}
+_VOICED_MARKS = frozenset("'-")
 _HARMONICS = (1.0, 0.55, 0.35, 0.22, 0.12)
 _AMPLITUDE = 0.3
 _SYLLABLE_S = 0.18
@@ -103,20 +104,26 @@ def _voice_word(
     samples: np.ndarray, text: str, start: int, end: int, char_s: float, sample_rate: int
 ):
     """Write the voiced runs of the word ``text[start:end]`` into ``samples``."""
+    if not any(c.isalnum() for c in text[start:end]):
+        return
     seed = zlib.crc32(text[start:end].lower().encode("utf-8"))
     pitch = 110.0 + seed % 111
     i = start
     while i < end:
-        if text[i] in _SILENT:
+        if _silent(text[i]):
             i += 1
             continue
         j = i
-        while j < end and text[j] not in _SILENT:
+        while j < end and not _silent(text[j]):
             j += 1
         a = round(i * char_s * sample_rate)
         b = min(len(samples), round(j * char_s * sample_rate))
         samples[a:b] = _voiced(b - a, pitch, sample_rate)
         i = j
+
+
+def _silent(char: str) -> bool:
+    return not (char.isalnum() or char in _VOICED_MARKS)
 
 
 def _voiced(n: int, pitch: float, sample_rate: int) -> np.ndarray:
