@@ -3,6 +3,7 @@
 import re
 import warnings
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from pipecat.utils.errors import ErrorCategory, classify_http_status_code
 
@@ -10,6 +11,9 @@ with warnings.catch_warnings():
     # pipecat itself does its audio maths with audioop (audioop-lts from Python 3.13).
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
+
+if TYPE_CHECKING:
+    from pipecat.frames.frames import ErrorFrame
 
 
 class FailureReason(str, Enum):
@@ -160,6 +164,16 @@ def reason_for_error(
     if reason is not None:
         return reason
     return FailureReason.EXCEPTION if raised else FailureReason.ERROR
+
+
+def reason_for_error_frame(frame: "ErrorFrame") -> FailureReason:
+    """Classify an ``ErrorFrame`` a provider's service pushed (see :func:`reason_for_error`)."""
+    return reason_for_error(
+        frame.category,
+        raised=frame.exception is not None,
+        usable=frame.processor.is_usable if frame.processor else True,
+        message=frame.error,
+    )
 
 
 def pcm16_rms(audio: bytes) -> float:

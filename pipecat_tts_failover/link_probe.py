@@ -19,7 +19,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 
-from pipecat_tts_failover.detection import FailureReason, is_audible, reason_for_error
+from pipecat_tts_failover.detection import FailureReason, is_audible, reason_for_error_frame
 from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.recovery import PROBE_TEXT, ProbeVerdict
 
@@ -99,14 +99,7 @@ async def probe_link(
     if tap.audible:
         return ProbeVerdict(True, None, seconds)
     if tap.error is not None:
-        usable = tap.error.processor.is_usable if tap.error.processor else True
-        reason = reason_for_error(
-            tap.error.category,
-            raised=tap.error.exception is not None,
-            usable=usable,
-            message=tap.error.error,
-        )
-        return ProbeVerdict(False, reason, seconds, tap.error.error)
+        return ProbeVerdict(False, reason_for_error_frame(tap.error), seconds, tap.error.error)
     if not tap.over.is_set():
         reason = FailureReason.SILENT_AUDIO if tap.got_audio else FailureReason.NO_FIRST_AUDIO
     else:

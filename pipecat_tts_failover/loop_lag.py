@@ -53,37 +53,28 @@ class LoopLagMonitor:
             pass
 
     def worst_since(self, since: float) -> float:
-        """The longest lag, in seconds, measured at or after loop time ``since``.
-
-        Includes how late the monitor is right now, so a loop blocked at this
-        very moment (the monitor has not woken to say so) still counts.
-        """
-        loop = asyncio.get_running_loop()
-        worst = 0.0
-        for at, lag in reversed(self._lags):
-            if at < since:
-                break
-            worst = max(worst, lag)
-        if self._lags and self._task is not None:
-            last = self._lags[-1][0]
-            worst = max(worst, loop.time() - last - self._interval)
-        return worst
+        """The longest lag, in seconds, measured at or after loop time ``since``."""
+        return max(self._lags_since(since), default=0.0)
 
     def stolen_since(self, since: float) -> float:
-        """Seconds the loop was late, in all, since loop time ``since``: time a timer lost to this process.
+        """Seconds the loop was late, in all, since loop time ``since``: time a timer lost to this process."""
+        return sum(self._lags_since(since))
 
-        Includes how late the monitor is right now (a loop blocked at this
-        very moment has not woken the monitor to say so).
+    def _lags_since(self, since: float) -> list[float]:
+        """The lags measured at or after ``since``, and how late the monitor is right now.
+
+        The last counts a loop blocked at this very moment, which has not
+        woken the monitor to say so.
         """
-        stolen = 0.0
+        lags = []
         for at, lag in reversed(self._lags):
             if at < since:
                 break
-            stolen += lag
+            lags.append(lag)
         if self._lags and self._task is not None:
             overdue = asyncio.get_running_loop().time() - self._lags[-1][0] - self._interval
-            stolen += max(0.0, overdue)
-        return stolen
+            lags.append(max(0.0, overdue))
+        return lags
 
     async def _run(self):
         loop = asyncio.get_running_loop()

@@ -25,7 +25,7 @@ from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.text.alnum_utils import has_alnum
 from pipecat.utils.text.base_text_aggregator import TextType
 
-from pipecat_tts_failover.detection import FailureReason, reason_for_error
+from pipecat_tts_failover.detection import FailureReason, reason_for_error_frame
 from pipecat_tts_failover.ledger import Ledger
 from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.watch import Deadlines, SpeechWatch
@@ -634,13 +634,7 @@ class Relay:
                 await self._hooks.push_upstream(frame)
             return
         if link is self._hedge and self._hedge_watch is not None:
-            usable = frame.processor.is_usable if frame.processor else True
-            reason = reason_for_error(
-                frame.category,
-                raised=frame.exception is not None,
-                usable=usable,
-                message=frame.error,
-            )
+            reason = reason_for_error_frame(frame)
             self._hedge_watch.fail(reason, frame.error)
             return
         watch = self._watch
@@ -676,11 +670,7 @@ class Relay:
             # heard: it is the service's own business, as it would be bare.
             await self._hooks.push_upstream(frame)
             return
-        usable = frame.processor.is_usable if frame.processor else True
-        reason = reason_for_error(
-            frame.category, raised=frame.exception is not None, usable=usable, message=frame.error
-        )
-        watch.fail(reason, frame.error)
+        watch.fail(reason_for_error_frame(frame), frame.error)
 
     def _stopped_ahead(self, frame: TTSStoppedFrame):
         """Note a stop frame pushed ahead of its context's playback, for this step."""
