@@ -1,4 +1,4 @@
-"""One provider's TTS service, run in a pipeline of its own, wired to the relay."""
+"""One provider's TTS service, linked straight to the relay."""
 
 import asyncio
 import dataclasses
@@ -14,7 +14,6 @@ from pipecat.frames.frames import (
     TTSAudioRawFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
-from pipecat.pipeline.pipeline import Pipeline, PipelineSink, PipelineSource
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService
 
@@ -38,26 +37,38 @@ class LinkListener(Protocol):
         """The service pushed a frame upstream."""
 
 
-class _ServiceOutput(PipelineSink):
-    """The end of a provider's pipeline: hands what the service pushes straight to the link.
+class _ServiceEnds:
+    """What a provider's service is linked to on both sides: the link's handlers.
 
-    Frames are handed over as they are queued, without a processing step of
-    their own, so a chunk of audio costs one hop (the service's push) to reach
-    the attempt, as it would to reach the next processor without failover.
+    The service pushes to its neighbours by calling their ``queue_frame``; here
+    that call is the hand-over itself, with no processor, queue or task of its
+    own in between, so a chunk of audio costs one hop (the service's push) to
+    reach the attempt, as it would to reach the next processor without
+    failover, and a call holds nothing per provider beyond the service.
     """
+
+    __slots__ = ("_downstream", "_upstream", "_name")
+
+    def __init__(self, downstream, upstream, name: str):
+        self._downstream = downstream
+        self._upstream = upstream
+        self._name = name
+
+    def __str__(self) -> str:
+        return self._name
 
     async def queue_frame(self, frame: Frame, direction=FrameDirection.DOWNSTREAM, callback=None):
         if direction == FrameDirection.DOWNSTREAM:
-            await self._downstream_push_frame(frame, direction)
+            await self._downstream(frame, direction)
         else:
-            await super().queue_frame(frame, direction, callback)
+            await self._upstream(frame, direction)
 
 
 class _SetupOnlyObserver(BaseObserver):
-    """Shows the pipeline's observers a provider's set-up, not the frames inside its pipeline.
+    """Shows the pipeline's observers a provider's set-up, not the frames its service pushes.
 
     Observers see the stream the caller hears, as FailoverTTSService pushes
-    it. Inside a provider's pipeline they would see every frame twice and,
+    it. Shown what a provider's service pushes they would see every frame twice and,
     worse, the frames of attempts that were abandoned and never heard (an
     RTVI client would be told the bot started speaking once per attempt).
 
@@ -82,9 +93,9 @@ class _SetupOnlyObserver(BaseObserver):
 
 
 def provider_setup(setup: FrameProcessorSetup) -> FrameProcessorSetup:
-    """The set-up for providers' pipelines: the pipeline's, its observer told only of set-ups.
+    """The set-up for providers' services: the pipeline's, its observer told only of set-ups.
 
-    Call :func:`setup_done` with it once those pipelines are set up.
+    Call :func:`setup_done` with it once those services are set up.
     """
     if setup.observer is None:
         return setup
@@ -92,7 +103,7 @@ def provider_setup(setup: FrameProcessorSetup) -> FrameProcessorSetup:
 
 
 def setup_done(setup: FrameProcessorSetup):
-    """The pipelines set up with ``setup`` are ready: its observer stops observing."""
+    """The services set up with ``setup`` are ready: its observer stops observing."""
     if isinstance(setup.observer, _SetupOnlyObserver):
         setup.observer.set_up()
 
@@ -115,7 +126,7 @@ def _stall_limit(service: TTSService) -> float | None:
 
 
 class ProviderLink:
-    """A provider's service in its own pipeline, wired to a listener.
+    """A provider's service, linked straight to a listener.
 
     Frames are handed to the service as they come; what it pushes goes to the
     listener. After :meth:`interrupt`, what the service pushes up to that
@@ -133,15 +144,15 @@ class ProviderLink:
         self.service = service
         self.stats = stats
         self.listener: LinkListener | None = None
-        self.pipeline = Pipeline(
-            [service],
-            source=PipelineSource(self._from_service_upstream, name=f"{service}::FailoverSource"),
-            sink=_ServiceOutput(self._from_service_downstream, name=f"{service}::FailoverSink"),
+        ends = _ServiceEnds(
+            self._from_service_downstream, self._from_service_upstream, f"{service}::Failover"
         )
+        # The service's neighbours on both sides (pipecat's link() sets only one side).
+        service._next = service._prev = ends
         # Services without word timestamps push a sentence's text after its audio.
         self.word_timestamps = not getattr(service, "_push_text_frames", False)
         self.stall_limit = _stall_limit(service)
-        # Whether the pipeline was set up (pipecat's WebSocket services connect then).
+        # Whether the service was set up (pipecat's WebSocket services connect then).
         self.set_up = False
         # Whether the StartFrame, and an EndFrame or CancelFrame, have been sent to the service.
         self.started = False
@@ -191,12 +202,12 @@ class ProviderLink:
 
     async def send(self, frame: Frame):
         """Hand a frame to the service."""
-        await self.pipeline.queue_frame(frame)
+        await self.service.queue_frame(frame)
 
     async def interrupt(self, frame: InterruptionFrame):
         """Interrupt the service; drop what it pushes until the interruption comes out."""
         self._draining = frame.id
-        await self.pipeline.queue_frame(frame)
+        await self.service.queue_frame(frame)
 
     async def abandon(self):
         """Drop what the service is speaking; nothing more of it reaches the listener.
@@ -228,7 +239,7 @@ class ProviderLink:
             self.ended = True
         done = asyncio.Event()
         self._lifecycle[frame.id] = done
-        await self.pipeline.queue_frame(frame)
+        await self.service.queue_frame(frame)
         if timeout is None:
             return True
         try:

@@ -210,7 +210,10 @@ class Recovery:
                 continue
             lock = f"probe:{provider_id}"
             if not await self._store.try_lock(lock, ttl=self.lead + self._first_audio_timeout):
-                # Another worker is probing: see what it found once it is done.
+                # Another worker is probing, or the lock cannot be proven (Redis
+                # away): keep the provider down until a probe has spoken, then
+                # see what was found. Only a probe brings a provider back.
+                await self._store.extend_down(provider_id, 2 * self.lead)
                 await asyncio.sleep(self.lead)
                 continue
             try:

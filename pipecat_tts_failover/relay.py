@@ -154,7 +154,8 @@ class Relay:
         # for that context's audio to play.
         self._stops_ahead: set[int] = set()
         self._stop_ahead_context: str | None = None
-        self._deferred_error: tuple[ErrorFrame, str | None] | None = None
+        # An error of the speaker's, with the context whose audio it still plays.
+        self._deferred_error: tuple[ProviderLink, ErrorFrame, str | None] | None = None
         self._failover: asyncio.Task | None = None
         self._release: asyncio.Task | None = None
         # A hedge: the next provider speaking what is owed in parallel, its
@@ -643,7 +644,7 @@ class Relay:
             # The error of a context whose audio the service still holds (see
             # _stopped_ahead): it is judged once that audio has played, as
             # the caller hears it bare.
-            self._deferred_error = (frame, ahead)
+            self._deferred_error = (link, frame, ahead)
             return
         if self.speaker is None and link.provider_id == next(iter(self._hooks.order()), None):
             # The call's provider, before the call's first words (a rejected
@@ -685,8 +686,8 @@ class Relay:
     async def _judge_deferred_error(self, link: ProviderLink):
         """Judge a deferred error once its context's audio has played."""
         assert self._deferred_error is not None
-        frame, context_id = self._deferred_error
-        if link.plays_on(context_id):
+        owner, frame, context_id = self._deferred_error
+        if link is not owner or link.plays_on(context_id):
             return
         self._deferred_error = None
         watch = self._watch
@@ -805,6 +806,8 @@ class Relay:
         if watch is not self._watch or self.speaker is None:
             return
         self._held = None
+        # The failed speaker's deferred error is judged already: it failed.
+        self._deferred_error = None
         self._failover = self._hooks.spawn(
             self._fail_over(self.speaker, watch, reason, error), "failover"
         )

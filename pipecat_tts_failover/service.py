@@ -74,7 +74,7 @@ class FailoverTTSService(BasePipeline):
     """A TTS service made of several providers that keeps speaking when one fails.
 
     Goes in the pipeline where a TTS service goes. Each provider's service runs
-    in a pipeline of its own, as a normal pipecat service; the call's frames
+    inside it, linked straight to it, as a normal pipecat service; the call's frames
     go to the speaking provider's service as they come, and what it pushes
     goes on as it pushed it, so on a healthy call the stream downstream is the
     service's own (its text aggregation, skipped text, transforms, token
@@ -401,15 +401,18 @@ class FailoverTTSService(BasePipeline):
 
     @property
     def processors(self) -> list[FrameProcessor]:
-        """The pipelines holding each provider's service."""
-        return [link.pipeline for link in self._links.values()]
+        """The providers' services."""
+        return [link.service for link in self._links.values()]
 
     def processors_with_metrics(self) -> list[FrameProcessor]:
         """The providers' services, which report their own TTFB and usage metrics."""
-        return [p for link in self._links.values() for p in link.pipeline.processors_with_metrics()]
+        services = [link.service for link in self._links.values()]
+        return [s for s in services if s.can_generate_metrics()] + [
+            p for s in services for p in s.processors_with_metrics()
+        ]
 
     async def setup(self, setup: FrameProcessorSetup):
-        """Set up this processor and the providers' pipelines.
+        """Set up this processor and the providers' services.
 
         pipecat's WebSocket services connect when they are set up: with cold
         standby only the preferred provider is, the others when the call
@@ -427,7 +430,7 @@ class FailoverTTSService(BasePipeline):
             link.set_up = True
         if links and self._pipeline_setup is not None:
             setup = provider_setup(self._pipeline_setup)
-            await self._setup_processors([link.pipeline for link in links], setup)
+            await self._setup_processors([link.service for link in links], setup)
             setup_done(setup)
 
     async def cleanup(self):
@@ -436,7 +439,7 @@ class FailoverTTSService(BasePipeline):
         await self._end_probes()
         await self._writer.stop()
         await self._cleanup_processors(
-            [link.pipeline for link in self._links.values() if link.set_up]
+            [link.service for link in self._links.values() if link.set_up]
         )
 
     #
@@ -637,7 +640,7 @@ class FailoverTTSService(BasePipeline):
         else:
             targets = [self._links[self._relay.speaker_id or self._policy.call_provider]]
         for link in targets:
-            await link.pipeline.queue_frame(frame, direction)
+            await link.service.queue_frame(frame, direction)
 
     #
     # What the relay reports

@@ -137,6 +137,27 @@ async def test_two_workers_racing_to_probe_run_one_probe():
         await worker.aclose()
 
 
+async def test_a_provider_stays_down_while_its_probe_lock_is_held_elsewhere():
+    # Another worker holds the probe lock and never finishes (it died, or Redis
+    # is away and no lock can be taken): the mark-down must outlast its length
+    # until this worker's probe speaks, so that no caller is the probe.
+    store = InMemoryHealthStore()
+    recorder = EventRecorder()
+    recovery = Recovery(store, first_audio_timeout=0.2)
+    recovery.add({"primary": ScriptedProbe("speak")}, [recorder])
+    assert await store.try_lock("probe:primary", ttl=3 * recovery.lead)
+    await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.2)
+    recovery.watch("primary")
+    async with asyncio.timeout(10):
+        while not recorder.of(ProviderUp):
+            # Down until the probe has spoken, well past the 0.2 s mark-down.
+            assert (await store.get(["primary"]))["primary"].down_until is not None
+            await asyncio.sleep(0.01)
+    [probe] = recorder.of(ProbeFinished)
+    assert probe.ok
+    await recovery.aclose()
+
+
 def providers(primary_plan=None):
     return {
         "primary": ScriptedTTSService(provider_index=0, faults=primary_plan, name="primary"),
