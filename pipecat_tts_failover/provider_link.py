@@ -47,7 +47,7 @@ class _ServiceEnds:
     failover, and a call holds nothing per provider beyond the service.
     """
 
-    __slots__ = ("_downstream", "_upstream", "_name")
+    __slots__ = ("_downstream", "_name", "_upstream")
 
     def __init__(self, downstream, upstream, name: str):
         self._downstream = downstream

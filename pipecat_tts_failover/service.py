@@ -15,6 +15,7 @@ from pipecat.frames.frames import (
     Frame,
     InterruptionFrame,
     StartFrame,
+    TTSAudioRawFrame,
     TTSUpdateSettingsFrame,
 )
 from pipecat.pipeline.base_pipeline import BasePipeline
@@ -22,6 +23,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, F
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.errors import ErrorCategory
 
+from pipecat_tts_failover.audio_push import push_audio
 from pipecat_tts_failover.config import (
     DEFAULT_FIRST_AUDIO_TIMEOUT,
     DEFAULT_SILENCE_FLOOR,
@@ -342,7 +344,7 @@ class FailoverTTSService(BasePipeline):
         self._relay = Relay(
             self._links,
             RelayHooks(
-                push=self.push_frame,
+                push=self._push_downstream,
                 push_upstream=lambda frame: self.push_frame(frame, FrameDirection.UPSTREAM),
                 order=self._order_for_speech,
                 deadlines=self._speed.deadlines,
@@ -410,6 +412,13 @@ class FailoverTTSService(BasePipeline):
         return [s for s in services if s.can_generate_metrics()] + [
             p for s in services for p in s.processors_with_metrics()
         ]
+
+    async def _push_downstream(self, frame: Frame):
+        """Pass on a frame of the speaking provider's: audio on the lean path, the rest as usual."""
+        if frame.__class__ is TTSAudioRawFrame:
+            await push_audio(self, frame)
+        else:
+            await self.push_frame(frame)
 
     async def setup(self, setup: FrameProcessorSetup):
         """Set up this processor and the providers' services.

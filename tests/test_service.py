@@ -287,6 +287,40 @@ async def test_observers_are_told_of_the_providers_set_up_and_see_none_of_their_
     assert observer.pushed_by and not observer.pushed_by & set(services.values())
 
 
+class AudioPushObserver(BaseObserver):
+    """Records each chunk of audio pushed, with who pushed it to whom."""
+
+    def __init__(self):
+        super().__init__()
+        self.pushes: list[FramePushed] = []
+
+    async def on_push_frame(self, data: FramePushed):
+        if isinstance(data.frame, TTSAudioRawFrame):
+            self.pushes.append(data)
+
+
+@pytest.mark.parametrize("push_handler", [False, True])
+async def test_observers_and_push_handlers_see_every_chunk_the_caller_gets(store, push_handler):
+    # Audio goes downstream on a lean path (audio_push.py): observers must still
+    # be told of every chunk, from the wrapper to the next processor, in order;
+    # with an on_before_push_frame handler registered, pipecat's own push runs.
+    observer = AudioPushObserver()
+    tts = failover(providers(None, None), store)
+    before: list[TTSAudioRawFrame] = []
+    if push_handler:
+
+        @tts.event_handler("on_before_push_frame")
+        async def on_before_push_frame(processor, frame):
+            if isinstance(frame, TTSAudioRawFrame):
+                before.append(frame)
+
+    h = await speak_all(tts, SENTENCES[:2], observers=[observer])
+    by_wrapper = [d for d in observer.pushes if d.source is tts]
+    assert [d.frame for d in by_wrapper] == h.audio
+    assert h.audio and all(d.destination is tts.next for d in by_wrapper)
+    assert before == (h.audio if push_handler else [])
+
+
 async def test_late_audio_from_an_abandoned_attempt_never_reaches_the_caller(store):
     # The primary answers, but after the deadline: its audio arrives once the
     # sentence has moved, and must not be heard.
