@@ -224,6 +224,9 @@ class Recovery:
             finally:
                 await self._store.release_lock(lock)
             if verdict is None:
+                # No verdict (the probe was cut short, or failed while this
+                # process lagged): no evidence either way, so it stays down.
+                await self._store.extend_down(provider_id, 2 * self.lead)
                 continue
             self._notify(ProbeFinished(provider_id, verdict.ok, verdict.reason, verdict.seconds))
             if verdict.ok:

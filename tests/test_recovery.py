@@ -13,7 +13,13 @@ from pipecat_tts_failover import (
     InMemoryHealthStore,
 )
 from pipecat_tts_failover.events import ProbeFinished, ProviderUp
-from pipecat_tts_failover.recovery import PROBE_TEXT, Recovery, close_recovery, run_probe
+from pipecat_tts_failover.recovery import (
+    PROBE_TEXT,
+    ProbeVerdict,
+    Recovery,
+    close_recovery,
+    run_probe,
+)
 from pipecat_tts_failover.store.base import Controls
 from tests.support.calls import EventRecorder
 from tests.support.pipeline import PipelineHarness
@@ -155,6 +161,33 @@ async def test_a_provider_stays_down_while_its_probe_lock_is_held_elsewhere():
             await asyncio.sleep(0.01)
     [probe] = recorder.of(ProbeFinished)
     assert probe.ok
+    await recovery.aclose()
+
+
+async def test_a_probe_with_no_verdict_keeps_the_provider_down():
+    # A probe cut short, or failed while this process lagged, says nothing of
+    # the provider: it must not come back until a probe has spoken.
+    store = InMemoryHealthStore()
+    recorder = EventRecorder()
+    recovery = Recovery(store, first_audio_timeout=0.2)
+    recovery.add({}, [recorder])
+    verdicts = [None, None, ProbeVerdict(True, None, 0.01)]
+
+    def source(provider_id: str):
+        async def run():
+            await asyncio.sleep(0.15)  # two of them outlast the mark-down
+            return verdicts.pop(0)
+
+        return run if provider_id == "primary" else None
+
+    recovery.offer(object(), source)
+    await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.2)
+    recovery.watch("primary")
+    async with asyncio.timeout(20):
+        while not recorder.of(ProviderUp):
+            assert (await store.get(["primary"]))["primary"].down_until is not None
+            await asyncio.sleep(0.01)
+    assert verdicts == []
     await recovery.aclose()
 
 
