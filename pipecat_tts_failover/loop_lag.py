@@ -6,7 +6,8 @@ small task per event loop wakes every ``interval`` seconds and notes how late
 it woke. A call's deadlines give the provider back the time the loop lost
 (:meth:`LoopLagMonitor.stolen_since`), and ``FailoverTTSService`` does not hold
 a failure against the provider when the worst lag while it was judged passed
-the health policy's ``max_loop_lag``.
+the health policy's ``max_loop_lag``; a Redis call's timeout does too
+(:class:`LagGrace`), so a lagging worker does not take Redis for gone.
 """
 
 import asyncio
@@ -96,3 +97,56 @@ def loop_lag_monitor() -> LoopLagMonitor:
     if monitor is None or (monitor._task is not None and monitor._task.get_loop() is not loop):
         monitor = _monitors[id(loop)] = LoopLagMonitor()
     return monitor
+
+
+# How far ahead of a timeout its grace is checked: a check due in the same
+# turn of a late loop runs first.
+_EARLY = 1e-4
+
+
+class LagGrace:
+    """Gives an ``asyncio.timeout`` back the time its event loop lost while it ran.
+
+    A reply that came in time but found the loop busy would otherwise be
+    thrown away by a timer firing in the same late turn. Checks just before
+    the deadline how long the loop has been late since the timeout began
+    (as this loop's :class:`LoopLagMonitor` measured it, if one runs), and
+    moves the deadline that much later, up to ``cap`` seconds in all. Does
+    nothing while no monitor runs.
+
+    Args:
+        timeout: The running timeout (inside its ``async with``).
+        seconds: Its length.
+        cap: The most time given back.
+    """
+
+    def __init__(self, timeout: asyncio.Timeout, seconds: float, cap: float):
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._start = self._loop.time()
+        self._seconds = seconds
+        self._cap = cap
+        self._given = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+        monitor = _monitors.get(id(self._loop))
+        self._monitor = monitor if monitor is not None and monitor._task is not None else None
+        if self._monitor is not None and cap > 0:
+            self._arm()
+
+    def _arm(self):
+        when = self._start + self._seconds + self._given - _EARLY
+        self._handle = self._loop.call_at(when, self._check)
+
+    def _check(self):
+        assert self._monitor is not None
+        stolen = min(self._cap, self._monitor.stolen_since(self._start))
+        if stolen > self._given:
+            self._given = stolen
+            self._timeout.reschedule(self._start + self._seconds + stolen)
+            self._arm()
+
+    def cancel(self):
+        """The timed work is over: no more checks."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

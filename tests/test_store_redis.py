@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.errors import HealthStoreError
 from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
+from pipecat_tts_failover.loop_lag import loop_lag_monitor
 from pipecat_tts_failover.store import Controls, HealthStore, InMemoryHealthStore
 from pipecat_tts_failover.store._redis_scripts import Keys, script_source
 from pipecat_tts_failover.store.redis import RedisHealthStore, mask_url
@@ -284,6 +285,31 @@ async def test_hundreds_of_attempts_at_once_wait_for_a_connection_instead_of_fai
     assert all(v.attempts >= 1 for v in verdicts)
     assert max(v.attempts for v in verdicts) == 300
     assert messages(records, "WARNING", "") == []
+
+
+@pytest.mark.parametrize("monitored", [True, False])
+async def test_a_reply_that_waited_on_a_lagging_loop_is_not_taken_for_redis_gone(
+    shared_server, stores, monitored
+):
+    # The loop stalls for 0.3 s while an attempt is in flight (a worker
+    # overloaded by its own calls): Redis answered in time, the loop did not
+    # look. With the loop's lag measured, the op timeout gives that time back.
+    monitor = loop_lag_monitor()
+    if monitored:
+        monitor.acquire()
+    try:
+        store = stores(shared_server.url)
+        assert await store.connect()
+        await asyncio.sleep(0.1)  # the monitor has a sample
+
+        # Runs at the attempt's first wait, with its timeout already running.
+        asyncio.get_running_loop().call_soon(time.sleep, 0.3)
+        await store.record_attempt("cartesia", None, policy=HealthPolicy())
+        # Without the monitor the timeout fires in the late turn: Redis "gone".
+        assert store.connected is monitored
+    finally:
+        if monitored:
+            await monitor.release()
 
 
 async def test_an_attempt_is_one_script_call(shared_server, stores):

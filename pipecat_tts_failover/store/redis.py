@@ -26,6 +26,7 @@ from pipecat_tts_failover.config import positive_seconds
 from pipecat_tts_failover.detection import FailureReason
 from pipecat_tts_failover.errors import HealthStoreError
 from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy
+from pipecat_tts_failover.loop_lag import LagGrace
 from pipecat_tts_failover.store._redis_client import OwnedClient, make_client, mask_url, redact
 from pipecat_tts_failover.store._redis_scripts import (
     SCRIPT_NAMES,
@@ -524,7 +525,7 @@ class RedisHealthStore:
         """Run one Redis call for a caller within ``op_timeout``; ``_FAILED`` (and offline) if it failed."""
         generation = self._generation
         try:
-            return await _within(self._op_timeout, command())
+            return await _within(self._op_timeout, command(), lag_cap=self._sync_timeout)
         except Exception as e:  # noqa: BLE001 - whatever Redis does, the caller goes on
             self._lose(e, generation)
             return _FAILED
@@ -737,8 +738,12 @@ class RedisHealthStore:
             logger.trace(f"{self!r}: closing the subscription: {self._describe(e)}")
 
 
-async def _within(seconds: float, awaitable: Awaitable[_T]) -> _T:
+async def _within(seconds: float, awaitable: Awaitable[_T], *, lag_cap: float = 0.0) -> _T:
     """Await ``awaitable`` for at most ``seconds``; TimeoutError once they run out.
+
+    With ``lag_cap``, the time this process's event loop lost meanwhile is
+    given back, up to that many seconds (:class:`LagGrace`): a worker whose
+    loop lags must not take Redis for gone.
 
     Not a bare ``asyncio.timeout``: on Python 3.11 redis-py waits with
     ``wait_for2``, which, cancelled just as its wait completes, raises
@@ -752,13 +757,19 @@ async def _within(seconds: float, awaitable: Awaitable[_T]) -> _T:
     assert task is not None
     cancelling = task.cancelling()
     deadline = asyncio.timeout(seconds)
+    grace: LagGrace | None = None
     try:
         async with deadline:
+            if lag_cap:
+                grace = LagGrace(deadline, seconds, lag_cap)
             return await awaitable
     except asyncio.CancelledError:
         if deadline.expired() and task.cancelling() <= cancelling:
             raise TimeoutError from None
         raise
+    finally:
+        if grace is not None:
+            grace.cancel()
 
 
 @functools.cache
