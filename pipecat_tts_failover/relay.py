@@ -144,10 +144,12 @@ class Relay:
         self._made_up: set[int] = set()
         self._cut_words_to_drop = 0
         self._last_word_out: int | None = None
-        # The segment announcement the caller saw last, and the one a new
-        # speaker's announcement stands in for after a failover.
-        self._announcement: AggregatedTextFrame | None = None
-        self._replaced_announcement: int | None = None
+        # The segment announcements (of text with something to say) the caller
+        # saw in the context now playing, as (the id the caller saw, the
+        # speaker's own), and those the next speaker's announcements stand in
+        # for after a failover, in order.
+        self._announcements: list[tuple[int, int]] = []
+        self._replaced_announcements: list[int] = []
         self._segment_map: dict[int, int] = {}
         # Stop frames pushed ahead of their context's playback (ids), the
         # context of one pushed in the step under way, and an error that waits
@@ -279,8 +281,8 @@ class Relay:
         self._context_map.clear()
         self._made_up.clear()
         self._cut_words_to_drop = 0
-        self._announcement = None
-        self._replaced_announcement = None
+        self._announcements.clear()
+        self._replaced_announcements.clear()
         self._segment_map.clear()
         self._stops_ahead.clear()
         self._deferred_error = None
@@ -746,14 +748,19 @@ class Relay:
         if isinstance(frame, (TTSTextFrame, AggregatedTextProgressFrame)):
             if frame.segment_id in self._segment_map:
                 frame.segment_id = self._segment_map[frame.segment_id]
-        elif isinstance(frame, AggregatedTextFrame) and frame.will_be_spoken:
-            if has_alnum(frame.text):
-                self._report.sentences += 1
-            if self._replaced_announcement is not None:
-                self._segment_map[frame.id] = self._replaced_announcement
-                self._replaced_announcement = None
+        elif (
+            isinstance(frame, AggregatedTextFrame)
+            and frame.will_be_spoken
+            and has_alnum(frame.text)
+        ):
+            self._report.sentences += 1
+            if self._replaced_announcements:
+                # The caller saw this segment announced by the speaker that failed.
+                shown = self._replaced_announcements.pop(0)
+                self._segment_map[frame.id] = shown
+                self._announcements.append((shown, frame.id))
                 return
-            self._announcement = frame
+            self._announcements.append((frame.id, frame.id))
         context_id = getattr(frame, "context_id", None)
         if context_id in self._context_map:
             frame.context_id = self._context_map[context_id]
@@ -770,7 +777,8 @@ class Relay:
                 # Its context plays after this: nothing of it was heard yet.
                 self._stops_ahead.discard(frame.id)
             else:
-                self._announcement = None
+                self._announcements.clear()
+                self._replaced_announcements.clear()
             if not self._in_reply:
                 ledger.settle_utterance(heard=not ahead)
             if frame.context_id == self._open_context:
@@ -827,8 +835,10 @@ class Relay:
             report.latencies += [(pid, seconds) for seconds in watch.latencies]
             if watch.speech_rate:
                 failed.stats.speech_rate = watch.speech_rate
-            announced = self._announcement
-            replaces_segment = announced is not None and not watch.segment_done(announced.id)
+            # Segments the caller saw announced and did not hear to the end.
+            unfinished = [
+                shown for shown, own in self._announcements if not watch.segment_done(own)
+            ]
             if self._hedge is not None:
                 # A hedge is already speaking what is owed: it carries on as the
                 # failover, and with nothing left after it, as the last resort.
@@ -852,10 +862,9 @@ class Relay:
             report.sentences = 0
             await self._hooks.on_failover(pid, next_id, reason)
             self._tried.append(next_id)
-            if replaces_segment and announced is not None:
-                # The caller saw this segment announced: the next provider's
-                # announcement of what is left of it is not news.
-                self._replaced_announcement = announced.id
+            # The caller saw these segments announced: the next provider's
+            # announcements of what is left of them are not news.
+            self._replaced_announcements = unfinished
             await self._hand_over(self._links[next_id])
 
     async def _settle_words(self, watch: SpeechWatch):

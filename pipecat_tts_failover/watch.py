@@ -16,7 +16,7 @@ from pipecat.frames.frames import (
 from pipecat.utils.text.alnum_utils import has_alnum
 
 from pipecat_tts_failover.detection import FailureReason, is_audible
-from pipecat_tts_failover.timeline import WordTimeline
+from pipecat_tts_failover.timeline import HEARD_SHARE, TYPICAL_SECONDS_PER_CHAR, WordTimeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,12 @@ _NO_CONTEXT = object()
 # Seconds of audio past the expected end of a request's last word that are
 # still taken for that word (word lengths are estimates).
 _TAIL_MARGIN = 0.3
+# Share of its first word's expected length the audio must cover for a
+# segment pipecat completed untimed to have had audio.
+_REACHED_SHARE = 0.5
+# Characters of a segment between its first and last timed words for the
+# audio between them to measure the provider's speech rate.
+_RATE_SPAN = 10
 
 
 class SpeechWatch:
@@ -56,7 +62,10 @@ class SpeechWatch:
     has been heard (word timestamps), when its text comes after its audio
     (services without them), when the next request's announcement comes out,
     or when its audio context ends. Digital silence for longer than ``stall``,
-    or a context that ends with no audible audio, fails too.
+    or a context that ends with no audible audio, fails too; so does a context
+    whose audio never reached a sentence of several words that pipecat
+    completed, untimed, at its end (a context closed under the reply's next
+    sentences, say: a settings change on ElevenLabs).
 
     One timer watches both deadlines; a chunk of audio costs no timer work
     (the timer re-arms itself lazily when it fires early).
@@ -122,8 +131,32 @@ class SpeechWatch:
         self._timeline: WordTimeline | None = None
         self._words_in_segment = 0
         self._last_word_pts: int | None = None
+        # The segment's text, and where its first and last timed word frames
+        # end: (words of the segment up to the frame's last, the context's
+        # audio received when the frame came). pipecat queues a word behind
+        # its audio, so the audio received by then holds the word.
+        self._segment_text = ""
+        self._first_timed: tuple[int, float] | None = None
+        self._last_timed: tuple[int, float] | None = None
         # Word frames that came before their context's first audio.
         self._early_words: list[TTSTextFrame] = []
+        # Word frames each carrying a whole segment, none of it timed: what
+        # pipecat completes at the end of a context for the segments the
+        # provider never spoke (and for a one-word segment whose word it
+        # timed with the pts of the word before, or never timed). Each with
+        # whether the context's audio had reached it when it came (None:
+        # nothing to tell by) and the audio received then.
+        self._completed: list[tuple[TTSTextFrame, bool | None, float]] = []
+        # Where the text before the next completed segment ends, in characters
+        # after the last timed word, and the speech rate that places it.
+        self._completed_chars = 0
+        self._completed_rate = TYPICAL_SECONDS_PER_CHAR
+        # The words after the last one timed, and those of them the audio
+        # covered, when the first segment was completed.
+        self._rest_of_segment: list[str] = []
+        self._rest_said: list[str] = []
+        # The words heard after the last word frame, once the end of a context decided them.
+        self._said_after_last: list[str] | None = None
         # The frame of the word last started.
         self.current_word_id: int | None = None
         # The service's clock (ns), and where its word timestamps of the audio
@@ -296,11 +329,19 @@ class SpeechWatch:
                     self._done_segments.add(frame.segment_id)
                 self._done(context_id, speakable=has_alnum(frame.text))
             return True
-        if frame.pts and frame.pts > self._max_pts:
+        later = bool(frame.pts) and frame.pts > self._max_pts
+        if later:
             self._max_pts = frame.pts
         if frame.segment_id is not None and frame.segment_id != self._segment:
             if frame.segment_id in self._done_segments:
                 return False
+            if not later and self._whole_segment(frame):
+                # Untimed, or timed no later than the word before: the context's
+                # end tells which (see _judge_completed).
+                self._complete(frame)
+                return False
+            # Words of a later segment: the segments completed before it were spoken.
+            self._enter_completed(self._completed)
             self._enter_segment(frame.segment_id, frame.context_id)
         if (
             not frame.pts
@@ -309,6 +350,8 @@ class SpeechWatch:
         ):
             # A provider times words one by one; text of several words is what
             # pipecat completes at a context's end, or when its socket drops.
+            # The words after them are still placed in the segment's text.
+            self._words_in_segment += len(frame.text.split())
             return False
         if (frame.context_id or self._playing) not in self._context_audio:
             # pipecat pushes the words it timed before a context's first audio
@@ -332,6 +375,9 @@ class SpeechWatch:
             self._last_word_at = at
             self._timeline.word_started(self._words_in_segment, frame.pts, at)
             self._words_in_segment += len(frame.text.split())
+            self._last_timed = (self._words_in_segment, self._audio_seconds)
+            if self._first_timed is None:
+                self._first_timed = self._last_timed
             if self._timeline.measured_rate:
                 self._speech_rate = self._timeline.measured_rate
 
@@ -345,13 +391,114 @@ class SpeechWatch:
         self._last_word = False
         text = self._announced.pop(segment_id, None)
         self._segment_speakable = text is None or has_alnum(text)
-        self._timeline = WordTimeline(text or "", self._speech_rate)
+        self._segment_text = text or ""
+        self._first_timed = self._last_timed = None
+        self._timeline = WordTimeline(self._segment_text, self._speech_rate)
         if context_id == self._audio_context:
             self._timeline.received = self._audio_seconds
         self._words_in_segment = 0
         # Each segment's word times start from its own first audio.
         self._last_word_pts = None
         self._early_words.clear()
+
+    def _whole_segment(self, frame: TTSTextFrame) -> bool:
+        """Whether a word frame carries all of its segment's text, which has something to say."""
+        text = self._announced.get(frame.segment_id)
+        return bool(text) and has_alnum(text) and len(frame.text.split()) >= len(text.split())
+
+    def _complete(self, frame: TTSTextFrame):
+        """Set aside a whole segment that came untimed, noting whether the audio reached it.
+
+        pipecat completes a context's segments at its end, after all its
+        audio: the audio received by then is all there is. The segment's
+        place in it follows the last timed word of the segment before it (in
+        the same context), at the speech rate its timed words showed.
+        """
+        reached = None
+        last = self._last_timed
+        if (
+            last is not None
+            and self._segment_context == frame.context_id
+            and self._audio_context == frame.context_id
+        ):
+            if not self._completed:
+                tokens = self._segment_text.split()
+                self._rest_of_segment = tokens[last[0] :]
+                self._completed_rate = self._measured_rate(tokens)
+                self._rest_said = self._reached_words(self._rest_of_segment, 0, HEARD_SHARE)
+                self._completed_chars = sum(len(w) + 1 for w in self._rest_of_segment)
+            words = frame.text.split()
+            reached = bool(self._reached_words(words[:1], self._completed_chars, _REACHED_SHARE))
+            self._completed_chars += len(" ".join(words)) + 1
+        self._completed.append((frame, reached, self._audio_seconds))
+
+    def _measured_rate(self, tokens: list[str]) -> float:
+        """Seconds per character between the segment's first and last timed words."""
+        first, last = self._first_timed, self._last_timed
+        if first is not None and last is not None:
+            chars = len(" ".join(tokens[first[0] : last[0]])) + 1
+            if chars >= _RATE_SPAN and last[1] > first[1]:
+                return (last[1] - first[1]) / chars
+        return self._speech_rate or TYPICAL_SECONDS_PER_CHAR
+
+    def _reached_words(self, words: list[str], chars: int, share: float) -> list[str]:
+        """Of ``words``, ``chars`` characters after the last timed word, those the audio covers.
+
+        A word is covered once the audio received runs ``share`` of its
+        expected length into it.
+        """
+        assert self._last_timed is not None
+        audio_after = self._audio_seconds - self._last_timed[1]
+        rate = self._completed_rate
+        reached = []
+        for word in words:
+            if audio_after < (chars + 1 + share * len(word)) * rate:
+                break
+            reached.append(word)
+            chars += len(word) + 1
+        return reached
+
+    def _enter_completed(self, completed: list[tuple[TTSTextFrame, bool | None, float]]):
+        """Completed segments that were spoken: each is entered and done."""
+        if not completed:
+            return
+        spoken = {id(c) for c in completed}
+        self._completed = [c for c in self._completed if id(c) not in spoken]
+        for frame, _, _ in completed:
+            if frame.segment_id is not None and frame.segment_id not in self._done_segments:
+                self._enter_segment(frame.segment_id, frame.context_id)
+                self._finish_segment()
+
+    def _judge_completed(self, context_id: str | None) -> bool:
+        """At the end of a context: whether the segments completed in it were spoken.
+
+        A segment the context's audio never reached got no audio: the
+        provider failed it (and every segment after it), as it fails a
+        context with no audio. Returns False when it did.
+        """
+        mine = [c for c in self._completed if c[0].context_id in (context_id, None)]
+        playing = self._audio_context == context_id
+        spoken = 0
+        for _, reached, audio_at in mine:
+            if reached is False and not (playing and self._audio_seconds > audio_at):
+                break
+            spoken += 1
+        # pipecat's ElevenLabs services time no context's last word (it never
+        # ends with a space), so a one-word segment at the end comes completed
+        # whether or not it was said: only a segment of several words that
+        # the audio never reached tells the provider left it unsaid.
+        if not any(len(frame.text.split()) > 1 for frame, _, _ in mine[spoken:]):
+            spoken = len(mine)
+        self._enter_completed(mine[:spoken])
+        if spoken == len(mine):
+            return True
+        if spoken:
+            words = [w for frame, _, _ in mine[:spoken] for w in frame.text.split()]
+            self._said_after_last = self._rest_of_segment + words
+        else:
+            self._said_after_last = self._rest_said
+        self._fail(FailureReason.NO_AUDIO)
+        return False
 
     def progress(self, frame: AggregatedTextProgressFrame):
         """A progress frame: with no text left, the segment's last word has started."""
@@ -388,6 +535,8 @@ class SpeechWatch:
             audio = context_id in self._context_audio
             self._fail(FailureReason.SILENT_AUDIO if audio else FailureReason.NO_AUDIO)
             return
+        if self._completed and not self._judge_completed(context_id):
+            return
         self._context_audio.discard(context_id)
         self._context_audible.discard(context_id)
         if self._segment_context == context_id:
@@ -407,6 +556,8 @@ class SpeechWatch:
 
     def words_said_after_last(self) -> list[str]:
         """Words after the last word frame that the audio received covers."""
+        if self._said_after_last is not None:
+            return self._said_after_last
         if self._segment is None or self._timeline is None:
             return []
         return self._timeline.said_after_current()

@@ -14,18 +14,20 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 import pytest
 from pipecat.frames.frames import (
+    AggregatedTextFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
+    TTSTextFrame,
     TTSUpdateSettingsFrame,
 )
 from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
 from websockets.asyncio.client import connect
 
-from pipecat_tts_failover import InMemoryHealthStore
+from pipecat_tts_failover import FailureReason, InMemoryHealthStore
 from pipecat_tts_failover.testing import CartesiaEmulator, ElevenLabsEmulator
 from tests.support.emulators import API_KEY, SAMPLE_RATE
 from tests.support.integration import (
@@ -200,16 +202,6 @@ async def test_an_account_out_of_credits_mid_call_has_the_backup_say_the_rest(pr
     assert_each_heard_once(call.audio, SENTENCES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "watch.py SpeechWatch.word: the words pipecat completes for never-spoken segments "
-        "when the closed context ends move the watch into each next segment first "
-        "(_enter_segment -> _finish_segment marks the one before done), and stopped() "
-        "ends the context's remaining requests as spoken because it had audible audio: "
-        "no failure, nothing handed to the backup"
-    ),
-)
 async def test_a_settings_change_mid_reply_leaves_no_sentence_unheard_with_failover():
     async with emulators() as p:
         tts, call = with_backup(p, "elevenlabs_ws")
@@ -224,3 +216,12 @@ async def test_a_settings_change_mid_reply_leaves_no_sentence_unheard_with_failo
             with contextlib.suppress(TimeoutError):
                 await h.wait_for(lambda: hear(call.audio, SENTENCES).missing == [], timeout=3)
     assert_each_heard_once(call.audio, SENTENCES)
+    # The sentences the closed context never spoke failed there, and the backup said
+    # them from the first word not heard.
+    assert call.failovers == [("elevenlabs", "cartesia", FailureReason.NO_AUDIO)]
+    assert p.cartesia.requests[0].text.startswith(SENTENCES[1])
+    # Downstream (the transcript, the context) has each word and each sentence once.
+    words = " ".join(f.text for f in h.down if isinstance(f, TTSTextFrame)).split()
+    assert words == " ".join(SENTENCES).split()
+    announced = [f.text.strip() for f in h.down if type(f) is AggregatedTextFrame]
+    assert announced == list(SENTENCES)
