@@ -320,6 +320,9 @@ class FailoverTTSService(BasePipeline):
         self._lag_at_failure: dict[str, float] = {}
         # Failures recorded in the store as they happened, not yet seen in a report.
         self._recorded_early: dict[str, int] = {}
+        # Providers sent a settings update since they last spoke: pipecat applies
+        # some (ElevenLabs' voice settings) by closing the context under way.
+        self._settings_sent: set[str] = set()
         # Probes through this call's idle services, and those of them that confirm a failure.
         self._probing: dict[str, asyncio.Task] = {}
         self._confirming: dict[str, asyncio.Task] = {}
@@ -649,6 +652,7 @@ class FailoverTTSService(BasePipeline):
         else:
             targets = [self._links[self._relay.speaker_id or self._policy.call_provider]]
         for link in targets:
+            self._settings_sent.add(link.provider_id)
             await link.service.queue_frame(frame, direction)
 
     #
@@ -695,6 +699,7 @@ class FailoverTTSService(BasePipeline):
                 continue
             self._record(pid, reason, errors.get(pid), confirm=True)
         if spoken_by is not None:
+            self._settings_sent.discard(spoken_by)
             self._record(spoken_by, None)
             if spoken_by in self._store_down:
                 # A canary (or a last resort) spoke: the provider is back.
@@ -721,6 +726,10 @@ class FailoverTTSService(BasePipeline):
     def _excuse(self, pid: str, reason: FailureReason, lag: float) -> str | None:
         """Why a failure is not held against the provider, if it is not."""
         if not is_blamed(reason):
+            return "client_misuse"
+        if reason is FailureReason.NO_AUDIO and pid in self._settings_sent:
+            # The context the app's settings change closed under the reply.
+            self._settings_sent.discard(pid)
             return "client_misuse"
         if lag > self._health.max_loop_lag:
             return "loop_lag"

@@ -203,8 +203,9 @@ async def test_an_account_out_of_credits_mid_call_has_the_backup_say_the_rest(pr
 
 
 async def test_a_settings_change_mid_reply_leaves_no_sentence_unheard_with_failover():
+    store = InMemoryHealthStore()
     async with emulators() as p:
-        tts, call = with_backup(p, "elevenlabs_ws")
+        tts, call = with_backup(p, "elevenlabs_ws", store)
         async with PipelineHarness(tts, audio_out_sample_rate=SAMPLE_RATE) as h:
             call.harness = h
             await h.send(LLMFullResponseStartFrame())
@@ -225,3 +226,6 @@ async def test_a_settings_change_mid_reply_leaves_no_sentence_unheard_with_failo
     assert words == " ".join(SENTENCES).split()
     announced = [f.text.strip() for f in h.down if type(f) is AggregatedTextFrame]
     assert announced == list(SENTENCES)
+    # The app's own settings change closed the context: not held against the provider.
+    elevenlabs = (await store.get(["elevenlabs"]))["elevenlabs"]
+    assert (elevenlabs.failures, elevenlabs.window_failures) == (0, 0)
