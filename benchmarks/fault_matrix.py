@@ -708,46 +708,49 @@ listed once) and their pipecat `ErrorCategory` follow the table.
 _TRIGGERS_FOOTER = """
 ### Whose doing: what the health policy should not blame on the provider
 
-None of these is an outage of the provider. Where FailoverTTSService recorded a reason
-above, it counts toward marking the provider down as a provider fault would, for every
-call that shares the health store:
+None of these is an outage of the provider. The call moves at once in every row; what
+each does to the fleet's health (the mark-down every call sharing the store obeys):
 
 - **Rapid barge-ins past the context cap**: the contexts were opened by our own
   barge-ins on our own socket; ElevenLabs is up, and the same call on a new socket (or
-  a context freed first) speaks. Counting it toward marking ElevenLabs down moves
-  every call of the fleet off a healthy provider because one caller interrupted often.
+  a context freed first) speaks. pipecat pushes no error for it, so it shows as a
+  context with no audio: the confirmation probe through the call's reconnected socket
+  speaks, which ends the run of failures, and ElevenLabs is not ejected. Where the
+  provider's own text says `max_active_conversations`, the reason is `client_misuse`
+  and it is never held against the provider.
 - **Fleet over its concurrency plan**: the fleet is sized past its plan; calls within
-  the plan are served. Marking the provider down moves the whole fleet, emptying the
-  plan it could use; the 429s say "this account, now", not "this provider".
+  the plan are served. The 429s say "this account, now", not "this provider": they
+  count as `rate_limited` toward the rate rule (half of the attempts over 30 s), so a
+  fleet far over its plan moves to the backup for an ejection and is probed back.
 - **Settings change mid-reply**: the app's settings change closed the reply's context;
-  nothing failed on the provider's side. Nothing is detected in this row (below), so
-  nothing is blamed, and nothing is recovered either.
+  nothing failed on the provider's side. The sentences the closed context never spoke
+  are detected as `no_audio` (below); a provider sent a settings update since it last
+  spoke is excused for that (`client_misuse`), so it is not held against ElevenLabs.
 - **Idle past the timeout**: a socket closed by design after the call was quiet;
   pipecat reconnects for the next sentence. Not a failure of the provider.
-- **Bad key**: the provider is up; this key is refused. Moving the call at once is right
-  (every request with this key fails), but it is the deployment's misconfiguration, to
-  be alerted on as such; probing the provider for recovery cannot succeed until the
-  key is fixed.
-- **Quota exhausted**: the account is out of credits; the provider is up. Moving the
-  call at once is right, but it lasts until someone adds credits: an alert for the
-  account, not an outage to probe.
+- **Bad key**: the provider is up; this key is refused, for every call that shares it.
+  `authentication` ejects at once and alerts: the deployment's misconfiguration, which
+  recovery probes cannot fix until the key is.
+- **Quota exhausted**: the account is out of credits; the provider is up. `quota`
+  ejects at once and alerts, for the account; it lasts until someone adds credits.
 
-### Why the settings change loses sentences with failover too
+### How the sentences a settings change drops are kept
 
 pipecat applies a voice-settings change by closing the ElevenLabs context in use
 (`ElevenLabsTTSBase._update_settings`), but a reply streamed as one LLM turn keeps
 sending its next sentences to that context: the emulator ignores text for a closed
 context until its `isFinal` (what ElevenLabs answers there is not published), and
 pipecat pushes no error (its context ends on that `isFinal`, after the first sentence's
-audio). pipecat alone is silent about it. FailoverTTSService does not see it
-either: when that context ends, pipecat pushes the words of the sentences never spoken
-(one `TTSTextFrame` per sentence, as it completes a context), and
-`SpeechWatch.word` (`pipecat_tts_failover/watch.py`) moves into each of those sentences
-before it sets the untimed words aside: `_enter_segment` calls `_finish_segment`, which
-counts the sentence before as spoken. `SpeechWatch.stopped` then ends what is left of
-the context as spoken, since the context had audible audio. No failure is recorded, so
-nothing is handed to the backup. `tests/test_real_triggers.py` holds the case as a
-strict xfail.
+audio). pipecat alone is silent about it and the caller hears one sentence of four.
+When that context ends, pipecat pushes the words of the sentences never spoken (one
+`TTSTextFrame` per sentence, untimed, as it completes a context). `SpeechWatch`
+(`pipecat_tts_failover/watch.py`) sets each such sentence aside instead of counting
+the one before it spoken, and judges them by the context's audio once it ends: a
+sentence of several words the audio never reached got no audio, so the context fails
+as `no_audio`. Its untimed words never reach the pipeline, and the backup says the
+reply on from the first word not heard, inside the same reply. A one-word sentence at
+the end of a context comes untimed whether it was said or not (pipecat's ElevenLabs
+services never time a context's last word), so on its own it fails nothing.
 """
 
 
