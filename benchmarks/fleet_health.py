@@ -3,9 +3,10 @@
 Run from the repo root::
 
     .venv/bin/python benchmarks/fleet_health.py [--quick] [--stores memory,redis]
-        [--only isolated,outage,brownout,flapping,burst,recovery] [--repeats 1] [--docs]
+        [--only isolated,outage,brownout,flapping,burst,burst_end,recovery]
+        [--configs bare,first_failure,defaults,switcher] [--repeats 1] [--docs]
 
-Every row is many concurrent calls in this one process, each a real pipecat
+Every row is many concurrent calls in one process, each a real pipecat
 pipeline (``tests/support/pipeline.py``) around one of:
 
 - ``first_failure``: ``FailoverTTSService(health=HealthPolicy.first_failure(60))``,
@@ -14,7 +15,14 @@ pipeline (``tests/support/pipeline.py``) around one of:
 - ``defaults``: ``FailoverTTSService()`` with the new ``HealthPolicy()``;
 - ``switcher``: pipecat's ``ServiceSwitcher`` with ``ServiceSwitcherStrategyFailover``
   (no fleet state: each call finds out for itself; it switches once the service
-  is unusable, which pipecat decides after 3 contexts in a row without audio).
+  is unusable, which pipecat decides after 3 contexts in a row without audio);
+- ``bare`` (burst rows only): pipecat's healthy service alone, no wrapper and no
+  fault: what this process does with the same calls and speech, the reference
+  for how much the overload alone slows speech.
+
+Each repeat of each row runs in a fresh process (``--child``): a call given up
+on leaves pipecat tasks behind (thousands after a burst) whose cancellation
+does not complete, and they would weigh on the rows after it.
 
 The two FailoverTTSService configurations run once per store: one
 ``InMemoryHealthStore``, and one ``RedisHealthStore`` on a redis-server this
@@ -24,19 +32,28 @@ Providers are ``ScriptedTTSService`` (``tests/support/scripted.py``): a
 ``primary`` that follows the scenario's faults (by time, at random from a seeded
 generator, or by request), and a healthy ``backup``. A fault strikes a request
 before any audio (an error frame, or a hang). Confirmation and recovery probes
-go through the same services and meet the same faults. The speech is sped up
-4x (15 ms of audio per letter instead of 60, about 0.5 s a sentence), streamed
-in real time in 40 ms chunks, each sentence sent once the last one ended:
-deadlines and health rules keep their real seconds, so a call speaks about four
-times as many sentences a second as a real one (the fleet's evidence comes four
-times as fast per call). The 500-call burst speaks real-length speech in real
-time (60 ms per letter, 60 ms chunks), as ``benchmarks/propagation.py`` does.
+go through the same services and meet the same faults. The speech is 6x
+shorter than real (10 ms of audio per letter instead of 60, about 0.4 s a
+sentence), streamed in real time in 40 ms chunks, each sentence sent once the
+last one ended: deadlines and health rules keep their real seconds, so a call
+speaks about six times as many sentences a second as a real one (the fleet's
+evidence comes six times as fast per call). The 500-call burst speaks
+real-length speech in real time (60 ms per letter, 60 ms chunks), as
+``benchmarks/propagation.py`` does.
 
 What the caller heard is decoded from the audio that reached the end of each
 pipeline (every word's samples encode the word and its speaker): a sentence is
 lost if a word of it was never heard whole, repeated if a word was heard whole
 twice. A word cut by a failure and said again whole by the next provider (as
 the relay does) is counted apart, as "words cut".
+
+A call's waits last while it speaks: it gives up on a sentence (and sends the
+next anyway) or on its end (and cancels its pipeline) only once nothing has
+come out of it for 8 s (13 s for the end). An overloaded process plays speech
+slower than real time (the burst's bare row measures by how much); a fixed wait
+would count speech still on its way as lost. The burst's second row sends each
+call's three sentences and its EndFrame at once, as a bot that ends the call
+after its last reply does: the end then waits for all of the call's speech.
 
 Prints one markdown table and the goals; asserts nothing. ``--docs`` writes the
 output as the "Fleet health" section of docs/benchmarks.md (only that section).
@@ -47,6 +64,7 @@ import asyncio
 import datetime
 import gc
 import os
+import pickle
 import random
 import statistics
 import subprocess
@@ -93,8 +111,11 @@ PROVIDERS = ("primary", "backup")
 SAMPLE_RATE = 16000  # the pipeline's, and so the scripted services'
 
 CONFIGS = ("first_failure", "defaults", "switcher")
-SCENARIOS = ("isolated", "outage", "brownout", "flapping", "burst", "recovery")
-# How long a call waits for a sentence to end before it sends the next one anyway.
+# Configurations without a health store: pipecat's own (``bare`` is the burst's reference).
+_STORELESS = ("bare", "switcher")
+SCENARIOS = ("isolated", "outage", "brownout", "flapping", "burst", "burst_end", "recovery")
+# How long a call waits for a sentence to end, with nothing coming out, before it
+# sends the next one anyway; its end waits this long and 5 s more.
 SENTENCE_WAIT = 8.0
 # A new call starting this long after an outage began must not ask the dead provider.
 LATE_CALLER = 1.5
@@ -167,6 +188,9 @@ class Scenario:
     outage: tuple[float, float] | None = None
     seed: int = 13
     configs: tuple[str, ...] = CONFIGS
+    # Send every sentence and the EndFrame at once, as a bot ending the call
+    # after its last reply does, instead of each sentence once the last ended.
+    queued: bool = False
 
 
 @dataclass
@@ -190,6 +214,12 @@ class Call:
     cut: int = 0
     heard: list[tuple[str, int, int]] = field(default_factory=list, repr=False)
     error: str | None = None
+    # Seconds of speech the call's sentences hold, in real time.
+    speech: float = 0.0
+    # Seconds of it not yet heard when the call's EndFrame was sent.
+    owed_at_end: float = 0.0
+    # Seconds from the first sentence sent to the pipeline finished.
+    played: float | None = None
 
 
 @dataclass
@@ -249,15 +279,31 @@ def words_heard(
     return heard
 
 
+def audio_seconds(frames: list[TTSAudioRawFrame]) -> float:
+    return sum(len(f.audio) for f in frames) / 2 / SAMPLE_RATE
+
+
 CODES = {(zlib.crc32(w.encode()) % 7000) * 4: w for s in SENTENCES for w in s.split()}
 
 
 class Harness(PipelineHarness):
-    """PipelineHarness with room for a burst: a longer start, and an end that gives up.
+    """PipelineHarness for a burst: a longer start, and waits that last while the call speaks.
 
-    A call stuck on a hung service (pipecat's switcher never leaves it) must
-    not hold the row: its pipeline is cancelled, not awaited.
+    An overloaded process plays each call's audio slower than real time, so a
+    fixed wait would give up on speech that is still coming out. The waits
+    here give up only when nothing has come out of the call for ``quiet``
+    seconds: their budget is the speech owed, at whatever pace the process
+    plays it. A call stuck on a hung service (pipecat's switcher never leaves
+    it) is still given up on after ``quiet`` seconds of silence, and its
+    pipeline cancelled.
     """
+
+    def __init__(self, processor):
+        super().__init__(processor, on_down=self._came_out)
+        self.last_out = time.monotonic()
+
+    def _came_out(self, frame):
+        self.last_out = time.monotonic()
 
     async def start(self, timeout: float = 60.0):
         started = asyncio.Event()
@@ -271,14 +317,47 @@ class Harness(PipelineHarness):
         async with asyncio.timeout(timeout):
             await started.wait()
 
-    async def finish(self, timeout: float) -> bool:
-        """Send an EndFrame and wait for the pipeline to finish; False if it did not in time."""
+    def _quiet_for(self, since: float, quiet: float) -> float:
+        """Seconds left before ``quiet`` seconds pass with nothing out (0: they have)."""
+        return max(self.last_out, since) + quiet - time.monotonic()
+
+    async def wait_speaking(self, predicate: Callable[[], bool], quiet: float) -> bool:
+        """Wait until ``predicate()`` holds; False if nothing came out for ``quiet`` s first."""
+        since = time.monotonic()
+        while not predicate():
+            left = self._quiet_for(since, quiet)
+            if left <= 0:
+                return False
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+        return True
+
+    async def finish(self, quiet: float) -> bool:
+        """Send an EndFrame and wait for the pipeline to finish.
+
+        Returns:
+            False if nothing came out for ``quiet`` seconds before it finished
+            (the pipeline is then cancelled, and awaited a little).
+        """
         self._ended = True
+        since = time.monotonic()
         await self._worker.queue_frame(EndFrame())
-        done, _ = await asyncio.wait({self._run}, timeout=timeout)
-        if not done:
+        while not self._run.done():
+            left = self._quiet_for(since, quiet)
+            if left <= 0:
+                break
+            await asyncio.wait({self._run}, timeout=min(left, 1.0))
+        if self._run.done():
+            return True
+        await self._worker.cancel()
+        await asyncio.wait({self._run}, timeout=5.0)
+        if not self._run.done():
             self._run.cancel()
-        return bool(done)
+        return False
 
 
 async def one_call(fleet: Fleet, index: int, config: str, store) -> None:
@@ -295,9 +374,18 @@ async def one_call(fleet: Fleet, index: int, config: str, store) -> None:
             pace=scenario.speech.pace,
             stall_after_words=0,
         )
-        for i, pid in enumerate(PROVIDERS)
+        for i, pid in enumerate(PROVIDERS if config != "bare" else ())
     ]
-    if config == "switcher":
+    if config == "bare":
+        # pipecat's own service alone, and healthy: what this process does
+        # with the same calls and speech when nothing fails and nothing wraps.
+        processor = ScriptedTTSService(
+            name=f"bare#{index}",
+            ms_per_char=scenario.speech.ms_per_char,
+            chunk_ms=scenario.speech.chunk_ms,
+            pace=scenario.speech.pace,
+        )
+    elif config == "switcher":
         processor = ServiceSwitcher(
             services=services, strategy_type=ServiceSwitcherStrategyFailover
         )
@@ -309,25 +397,28 @@ async def one_call(fleet: Fleet, index: int, config: str, store) -> None:
             alerters=[fleet],
         )
     texts = SENTENCES[: scenario.sentences]
+    speech = scenario.speech
+    call.speech = sum(len(w) for t in texts for w in t.split()) * speech.ms_per_char / 1000
     h = Harness(processor)
     try:
         await h.start()
         if isinstance(processor, FailoverTTSService):
             call.first = processor.active_provider
+        began = time.monotonic()
         for i, text in enumerate(texts):
             await h.send(TTSSpeakFrame(text))
-            try:
-                await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i, timeout=SENTENCE_WAIT)
-            except TimeoutError:
-                pass
+            if not scenario.queued:
+                # Past the wait, the next sentence goes anyway (queued behind this one).
+                await h.wait_speaking(lambda i=i: len(h.of(TTSStoppedFrame)) > i, SENTENCE_WAIT)
+        call.owed_at_end = max(0.0, call.speech - audio_seconds(h.audio))
         if not await h.finish(SENTENCE_WAIT + 5):
             call.error = "end timed out"
+        call.played = time.monotonic() - began
     except Exception as e:  # noqa: BLE001 - a call that breaks is counted, not fatal
         call.error = repr(e)
     heard = call.heard = words_heard(h.audio, CODES)
     counts: dict[str, int] = {}
     speakers: dict[str, set[int]] = {}
-    speech = scenario.speech
     for word, speaker, samples in heard:
         # A word cut by a failure is said again whole by the next provider: the
         # caller heard part of it, then all of it. Only whole words count.
@@ -358,7 +449,7 @@ async def lag_monitor(fleet: Fleet):
 
 async def run_row(scenario: Scenario, config: str, store_kind: str, redis_url: str | None):
     store = None
-    if config != "switcher":
+    if config not in _STORELESS:
         if store_kind == "redis":
             store = RedisHealthStore(redis_url, key_prefix=f"fleet-{uuid.uuid4().hex[:8]}")
             await store.connect()
@@ -401,6 +492,8 @@ class Row:
     store: str
     fleets: list[Fleet]
     walls: list[float]
+    # The 1-minute load average after each repeat (the machine is shared).
+    loads: list[float] = field(default_factory=list)
 
     def per_repeat(self, figure: Callable[[Fleet], float]) -> list[float]:
         return [figure(f) for f in self.fleets]
@@ -512,21 +605,46 @@ def recovery_figures(f: Fleet) -> str:
 
 def figures(row: Row) -> str:
     s = row.scenario
-    f = row.fleets[0]
     if s.key == "outage":
         return "; ".join(outage_figures(f) for f in row.fleets)
     if s.key == "recovery":
         return "; ".join(recovery_figures(f) for f in row.fleets)
-    if s.key == "burst":
-        lags = [lag for f in row.fleets for lag in f.lags]
-        return (
-            f"failures excused for loop lag {med(row.per_repeat(excused))}; "
-            f"loop lag p50 {p(lags, 0.5) * 1000:.0f} ms p99 {p(lags, 0.99) * 1000:.0f} ms; "
-            f"words cut and said again whole {med(row.per_repeat(cut))}; "
-            f"calls broken {sum(1 for c in f.calls if c.error)}; "
-            f"Redis fell back to the local view {f.logged.get('redis_fallbacks', 0)} times"
-        )
+    if s.key.startswith("burst"):
+        return burst_figures(row)
     return ""
+
+
+def ends_timed_out(f: Fleet) -> int:
+    return sum(1 for c in f.calls if c.error)
+
+
+def stretch(f: Fleet, q: float) -> float:
+    """How many times its real-time length a call took to play its speech (quantile over calls)."""
+    return p([c.played / c.speech for c in f.calls if c.played is not None and c.speech], q)
+
+
+def owed_at_end(f: Fleet) -> float:
+    """Median seconds of speech a call had not yet heard when it sent its EndFrame."""
+    return p([c.owed_at_end for c in f.calls], 0.5)
+
+
+def burst_figures(row: Row) -> str:
+    r = row.per_repeat
+    return (
+        f"ends timed out {med(r(ends_timed_out))}; "
+        f"loop lag p50 {med(r(lambda f: p(f.lags, 0.5) * 1000))} ms "
+        f"p99 {med(r(lambda f: p(f.lags, 0.99) * 1000))} ms; "
+        f"speech took x{med(r(lambda f: stretch(f, 0.5)), '{:.1f}')} its length "
+        f"(slowest call x{med(r(lambda f: stretch(f, 1.0)), '{:.1f}')}), "
+        f"{med(r(owed_at_end), '{:.1f}')} s still owed when the end was sent; "
+        f"failures excused for loop lag {med(r(excused))}; "
+        f"words cut and said again whole {med(r(cut))}; "
+        f"sentences all providers failed {med(r(lambda f: f.logged.get('all_failed', 0)))}; "
+        f"ends the wrapper cut short {med(r(lambda f: f.logged.get('end_cut', 0)))}; "
+        f"Redis fell back to the local view "
+        f"{med(r(lambda f: f.logged.get('redis_fallbacks', 0)))}; "
+        f"load average {med(row.loads, '{:.1f}')}"
+    )
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -612,6 +730,21 @@ def scenarios(quick: bool) -> list[Scenario]:
             3,
             lambda t, i, rng: "hang" if i >= 1 else None,
             speech=REAL,
+            configs=("bare", *CONFIGS),
+        )
+    )
+    rows.append(
+        Scenario(
+            "burst_end",
+            f"{300 if quick else 500} calls at once, hang from each call's 2nd request, "
+            "sentences and end sent at once",
+            300 if quick else 500,
+            0.0,
+            3,
+            lambda t, i, rng: "hang" if i >= 1 else None,
+            speech=REAL,
+            configs=("bare", "defaults"),
+            queued=True,
         )
     )
     rows.append(
@@ -654,7 +787,7 @@ def goals(rows: list[Row]) -> list[str]:
                 "asked the dead primary 0/" in outage_figures(f) for r in out for f in r.fleets
             )
             verdicts.append(f"hard outage: {'met' if ok else 'MISSED'}")
-        burst = [r for r in mine if r.scenario.key == "burst"]
+        burst = [r for r in mine if r.scenario.key.startswith("burst")]
         if burst:
             ok = all(lost(f) == 0 and ejections(f, "backup") == 0 for r in burst for f in r.fleets)
             verdicts.append(f"burst: {'met' if ok else 'MISSED'}")
@@ -678,6 +811,8 @@ LOGGED: dict[str, int] = {}
 _COUNTED = {
     "Redis unavailable": "redis_fallbacks",
     "every TTS provider failed": "all_failed",
+    # Relay.finish gave up waiting for what was owed (its end-of-call timeout).
+    "the end of the call came before all was spoken": "end_cut",
 }
 
 
@@ -729,9 +864,67 @@ def code_version() -> str:
     return commit + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
+def run_in_child(args, index: int, config: str, store_kind: str, seed: int, url: str | None):
+    """One repeat of one row in a fresh process: nothing left by an earlier row (tasks, monitors,
+    recovery, garbage) weighs on it.
+
+    Returns:
+        ``(fleet, wall)``, the fleet without its scenario, or None if the child failed.
+    """
+    with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as out:
+        path = Path(out.name)
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        f"{index}:{config}:{store_kind}:{seed}",
+        "--child-out",
+        str(path),
+    ]
+    if args.quick:
+        command.append("--quick")
+    if url:
+        command += ["--redis-url", url]
+    if args.log:
+        command += ["--log", args.log]
+    try:
+        done = subprocess.run(
+            command, cwd=ROOT, capture_output=True, text=True, timeout=_CHILD_TIMEOUT, check=False
+        )
+        if done.returncode != 0 or not path.stat().st_size:
+            print(f"row process failed ({done.returncode}): {done.stderr[-2000:]}", file=sys.stderr)
+            return None
+        return pickle.loads(path.read_bytes())
+    except subprocess.TimeoutExpired:
+        print(f"row process timed out after {_CHILD_TIMEOUT} s", file=sys.stderr)
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# A row's process that takes longer than this is stopped (and the repeat left out).
+_CHILD_TIMEOUT = 1800
+
+
+async def child_async(args):
+    """The ``--child`` process: run one repeat of one row, write ``(fleet, wall)``, and exit."""
+    index, config, store_kind, seed = args.child.split(":")
+    scenario = scenarios(args.quick)[int(index)]
+    scenario.seed = int(seed)
+    fleet, wall = await run_row(scenario, config, store_kind, args.redis_url)
+    fleet.scenario = None  # its fault is a lambda; the parent puts it back
+    Path(args.child_out).write_bytes(pickle.dumps((fleet, wall)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A call given up on leaves pipecat tasks behind whose cancellation never
+    # completes, so asyncio.run() would wait for them for ever: leave at once.
+    os._exit(0)
+
+
 async def main_async(args) -> str:
     stores = [s for s in args.stores.split(",") if s]
     only = {s for s in args.only.split(",") if s}
+    configs = {s for s in args.configs.split(",") if s}
     out: list[str] = []
     server = None
     url = None
@@ -743,18 +936,28 @@ async def main_async(args) -> str:
     out.append(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
         rows: list[Row] = []
-        for scenario in scenarios(args.quick):
+        for index, scenario in enumerate(scenarios(args.quick)):
             if only and scenario.key not in only:
                 continue
             for config in scenario.configs:
-                for store_kind in ["-"] if config == "switcher" else stores:
-                    fleets, walls = [], []
+                if configs and config not in configs:
+                    continue
+                for store_kind in ["-"] if config in _STORELESS else stores:
+                    fleets, walls, loads = [], [], []
                     for repeat in range(args.repeats):
-                        scenario.seed = 13 + repeat
-                        fleet, wall = await run_row(scenario, config, store_kind, url)
+                        seed = 13 + repeat
+                        ran = run_in_child(args, index, config, store_kind, seed, url)
+                        loads.append(os.getloadavg()[0])
+                        if ran is None:
+                            continue
+                        fleet, wall = ran
+                        scenario.seed = seed
+                        fleet.scenario = scenario
                         fleets.append(fleet)
                         walls.append(wall)
-                    row = Row(scenario, config, store_kind, fleets, walls)
+                    if not fleets:
+                        continue
+                    row = Row(scenario, config, store_kind, fleets, walls, loads)
                     rows.append(row)
                     print(table([row])[-1], file=sys.stderr, flush=True)
         out.append(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -776,14 +979,21 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer calls, for a fast look")
     parser.add_argument("--stores", default="memory,redis", help="memory, redis, or both")
     parser.add_argument("--only", default="", help="scenarios: " + ",".join(SCENARIOS))
+    parser.add_argument("--configs", default="", help="configurations: bare," + ",".join(CONFIGS))
     parser.add_argument("--repeats", type=int, default=1, help="runs per row (median, range)")
     parser.add_argument("--log", default=None, help="write WARNING+ logs to this file")
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md's section")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logger.remove()
     logger.add(_count, level="WARNING")
     if args.log:
         logger.add(args.log, level="INFO")
+    if args.child:
+        asyncio.run(child_async(args))
+        return
     started = time.monotonic()
     text = asyncio.run(main_async(args))
     took = time.monotonic() - started
@@ -800,18 +1010,26 @@ def main():
 
 
 ABOUT = (
-    "Issue 13's scenarios, side by side in one run: version 0.1's rule "
+    "Issue 13's scenarios, side by side: version 0.1's rule "
     "(`HealthPolicy.first_failure(60)`: the first failed sentence ejects the provider for the "
     "fleet for 60 s), the new `HealthPolicy()` defaults, and pipecat's `ServiceSwitcher` with "
     "`ServiceSwitcherStrategyFailover` (no fleet state). Many concurrent calls in one process "
-    "share one store (in memory, and Redis on a redis-server the script starts); each is a real "
+    "share one store (in memory, and Redis on a redis-server the script starts); each repeat of "
+    "each row runs in a fresh process. Each call is a real "
     "pipeline around scripted providers: a `primary` that fails by the scenario (an error frame "
     "or a hang before any audio; at random from a seeded generator, or by time), and a healthy "
     "`backup`. Probes meet the same faults. Speech is 6x shorter than real (10 ms of audio per "
     "letter, about 0.4 s a sentence) and streamed in real time, each sentence sent once the last "
     "ended; deadlines and health rules keep their real seconds, so each call gives the fleet "
     "evidence about six times as fast as a real one. The burst speaks real-length speech (60 ms "
-    "per letter, 60 ms chunks) as `propagation.py` does. Lost and repeated sentences are decoded "
+    "per letter, 60 ms chunks, 6.7 s a call) as `propagation.py` does, with `bare` (pipecat's "
+    "healthy service alone, no wrapper, no fault) as the reference for what the overload alone "
+    "does to speech; its second row sends each call's sentences and EndFrame at once, as a bot "
+    "ending the call after its last reply does. A call gives up waiting for a sentence (and sends "
+    "the next anyway) or for its end (and cancels its pipeline) only once nothing has come out of "
+    "it for 8 s (13 s for the end): an overloaded process plays speech slower than real time, "
+    "and a fixed wait would count speech still on its way as lost. Lost and repeated sentences "
+    "are decoded "
     "from the audio that reached the end of each pipeline: lost if a word was never heard whole, "
     "repeated if a word was heard whole twice (a word cut by a failure and said again whole by "
     "the next provider is counted apart). Columns: share of sentences with "
@@ -820,9 +1038,13 @@ ABOUT = (
     "the ejection and the callers' failed sentences before it, and new calls starting 1.5 s or "
     "more after the outage began that still asked the dead primary; recovery: callers whose "
     "sentence reached the primary after its ejection (more than 0.5 s after, so not in flight "
-    "then) and before it was marked up. One run per row (the machine is shared: 2 cores, load "
-    "average noted)."
+    "then) and before it was marked up; burst: how many times its real-time length a call took "
+    "to play its speech (median call, and the slowest), the speech still owed when the end was "
+    "sent, sentences the wrapper gave up on (every provider failed) and ends it cut short (its "
+    "60 s end-of-call timeout). Median (range) over repeats; the machine is shared (2 cores, "
+    "load average noted)."
 )
+
 
 if __name__ == "__main__":
     main()
