@@ -4,7 +4,8 @@ Run from the repo root::
 
     .venv/bin/python benchmarks/fleet_health.py [--quick] [--stores memory,redis]
         [--only isolated,outage,brownout,flapping,burst,burst_end,recovery]
-        [--configs bare,first_failure,defaults,switcher] [--repeats 1] [--docs]
+        [--configs bare,first_failure,defaults,switcher] [--burst-calls 500] [--repeats 1]
+        [--docs]
 
 Every row is many concurrent calls in one process, each a real pipecat
 pipeline (``tests/support/pipeline.py``) around one of:
@@ -685,8 +686,9 @@ def isolated(rate: float, calls: int, spacing: float, sentences: int) -> Scenari
     )
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+def scenarios(quick: bool, burst_calls: int | None = None) -> list[Scenario]:
     calls, spacing = (30, 0.2) if quick else (60, 0.1)
+    burst = burst_calls or (300 if quick else 500)
     rows = [isolated(rate, calls, spacing, 12) for rate in (0.005, 0.01, 0.02, 0.05)]
     start = 3.0
     for fault in ("error", "hang"):
@@ -724,8 +726,8 @@ def scenarios(quick: bool) -> list[Scenario]:
     rows.append(
         Scenario(
             "burst",
-            f"{300 if quick else 500} calls at once, hang from each call's 2nd request",
-            300 if quick else 500,
+            f"{burst} calls at once, hang from each call's 2nd request",
+            burst,
             0.0,
             3,
             lambda t, i, rng: "hang" if i >= 1 else None,
@@ -736,9 +738,9 @@ def scenarios(quick: bool) -> list[Scenario]:
     rows.append(
         Scenario(
             "burst_end",
-            f"{300 if quick else 500} calls at once, hang from each call's 2nd request, "
+            f"{burst} calls at once, hang from each call's 2nd request, "
             "sentences and end sent at once",
-            300 if quick else 500,
+            burst,
             0.0,
             3,
             lambda t, i, rng: "hang" if i >= 1 else None,
@@ -883,6 +885,8 @@ def run_in_child(args, index: int, config: str, store_kind: str, seed: int, url:
     ]
     if args.quick:
         command.append("--quick")
+    if args.burst_calls:
+        command += ["--burst-calls", str(args.burst_calls)]
     if url:
         command += ["--redis-url", url]
     if args.log:
@@ -909,7 +913,7 @@ _CHILD_TIMEOUT = 1800
 async def child_async(args):
     """The ``--child`` process: run one repeat of one row, write ``(fleet, wall)``, and exit."""
     index, config, store_kind, seed = args.child.split(":")
-    scenario = scenarios(args.quick)[int(index)]
+    scenario = scenarios(args.quick, args.burst_calls)[int(index)]
     scenario.seed = int(seed)
     fleet, wall = await run_row(scenario, config, store_kind, args.redis_url)
     fleet.scenario = None  # its fault is a lambda; the parent puts it back
@@ -936,7 +940,7 @@ async def main_async(args) -> str:
     out.append(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
         rows: list[Row] = []
-        for index, scenario in enumerate(scenarios(args.quick)):
+        for index, scenario in enumerate(scenarios(args.quick, args.burst_calls)):
             if only and scenario.key not in only:
                 continue
             for config in scenario.configs:
@@ -981,6 +985,9 @@ def main():
     parser.add_argument("--only", default="", help="scenarios: " + ",".join(SCENARIOS))
     parser.add_argument("--configs", default="", help="configurations: bare," + ",".join(CONFIGS))
     parser.add_argument("--repeats", type=int, default=1, help="runs per row (median, range)")
+    parser.add_argument(
+        "--burst-calls", type=int, default=None, help="calls in the burst rows (300 quick, 500)"
+    )
     parser.add_argument("--log", default=None, help="write WARNING+ logs to this file")
     parser.add_argument("--docs", action="store_true", help="write docs/benchmarks.md's section")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
