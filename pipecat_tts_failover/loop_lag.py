@@ -2,8 +2,8 @@
 
 A first-audio deadline that expires while the loop is hundreds of
 milliseconds behind says more about this process than about the provider. One
-small task per event loop wakes every ``interval`` seconds and notes how late
-it woke. A call's deadlines give the provider back the time the loop lost
+timer per event loop ticks every ``interval`` seconds and notes how late it
+fired. A call's deadlines give the provider back the time the loop lost
 (:meth:`LoopLagMonitor.stolen_since`), and ``FailoverTTSService`` does not hold
 a failure against the provider when the worst lag while it was judged passed
 the health policy's ``max_loop_lag``; a Redis call's timeout does too
@@ -22,36 +22,43 @@ class LoopLagMonitor:
     """Measures the running event loop's lag while at least one call uses it.
 
     Calls take it with :meth:`acquire` and give it back with :meth:`release`;
-    the monitoring task runs while one holds it, and is cancelled and awaited
-    when the last one lets go.
+    it ticks while one holds it, and stops when the last one lets go. A tick
+    is a plain timer callback (no task, no coroutine, no future), as cheap as
+    the loop can wake: it runs every ``interval`` seconds for as long as any
+    call speaks.
 
     Args:
-        interval: Seconds between wake-ups.
+        interval: Seconds between ticks.
     """
 
     def __init__(self, interval: float = _INTERVAL):
         self._interval = interval
         self._lags: deque[tuple[float, float]] = deque(maxlen=_KEPT)
         self._users = 0
-        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._expected = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Whether it is measuring (someone holds it)."""
+        return self._handle is not None
 
     def acquire(self):
-        """Start monitoring (if nobody else has) for one more user."""
+        """Start measuring (if nobody else has) for one more user."""
         self._users += 1
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="tts-failover::loop-lag")
+        if self._handle is None:
+            self._loop = asyncio.get_running_loop()
+            self._expected = self._loop.time() + self._interval
+            self._handle = self._loop.call_at(self._expected, self._tick)
 
     async def release(self):
-        """One user is done; the last one stops the task and waits for it."""
+        """One user is done; the last one stops the ticks."""
         self._users = max(0, self._users - 1)
-        if self._users or self._task is None:
+        if self._users or self._handle is None:
             return
-        task, self._task = self._task, None
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        self._handle.cancel()
+        self._handle = None
 
     def worst_since(self, since: float) -> float:
         """The longest lag, in seconds, measured at or after loop time ``since``."""
@@ -62,29 +69,28 @@ class LoopLagMonitor:
         return sum(self._lags_since(since))
 
     def _lags_since(self, since: float) -> list[float]:
-        """The lags measured at or after ``since``, and how late the monitor is right now.
+        """The lags measured at or after ``since``, and how late the next tick is right now.
 
         The last counts a loop blocked at this very moment, which has not
-        woken the monitor to say so.
+        ticked to say so.
         """
         lags = []
         for at, lag in reversed(self._lags):
             if at < since:
                 break
             lags.append(lag)
-        if self._lags and self._task is not None:
+        if self._lags and self._handle is not None:
             overdue = asyncio.get_running_loop().time() - self._lags[-1][0] - self._interval
             lags.append(max(0.0, overdue))
         return lags
 
-    async def _run(self):
-        loop = asyncio.get_running_loop()
-        expected = loop.time() + self._interval
-        while True:
-            await asyncio.sleep(self._interval)
-            now = loop.time()
-            self._lags.append((now, max(0.0, now - expected)))
-            expected = now + self._interval
+    def _tick(self):
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        self._lags.append((now, max(0.0, now - self._expected)))
+        self._expected = now + self._interval
+        self._handle = loop.call_at(self._expected, self._tick)
 
 
 _monitors: dict[int, LoopLagMonitor] = {}
@@ -94,7 +100,7 @@ def loop_lag_monitor() -> LoopLagMonitor:
     """The LoopLagMonitor of the running event loop, created on first use."""
     loop = asyncio.get_running_loop()
     monitor = _monitors.get(id(loop))
-    if monitor is None or (monitor._task is not None and monitor._task.get_loop() is not loop):
+    if monitor is None or (monitor.running and monitor._loop is not loop):
         monitor = _monitors[id(loop)] = LoopLagMonitor()
     return monitor
 
@@ -129,7 +135,7 @@ class LagGrace:
         self._given = 0.0
         self._handle: asyncio.TimerHandle | None = None
         monitor = _monitors.get(id(self._loop))
-        self._monitor = monitor if monitor is not None and monitor._task is not None else None
+        self._monitor = monitor if monitor is not None and monitor.running else None
         if self._monitor is not None and cap > 0:
             self._arm()
 

@@ -20,6 +20,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat_tts_failover.latency import ProviderStats
 
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
+_DOWNSTREAM = FrameDirection.DOWNSTREAM  # an enum member read costs a Python-level lookup
 # Share of a service's own stop-frame timeout a stall deadline may use.
 _STOP_TIMER_SHARE = 0.8
 
@@ -37,33 +38,6 @@ class LinkListener(Protocol):
         """The service pushed a frame upstream."""
 
 
-class _ServiceEnds:
-    """What a provider's service is linked to on both sides: the link's handlers.
-
-    The service pushes to its neighbours by calling their ``queue_frame``; here
-    that call is the hand-over itself, with no processor, queue or task of its
-    own in between, so a chunk of audio costs one hop (the service's push) to
-    reach the attempt, as it would to reach the next processor without
-    failover, and a call holds nothing per provider beyond the service.
-    """
-
-    __slots__ = ("_downstream", "_name", "_upstream")
-
-    def __init__(self, downstream, upstream, name: str):
-        self._downstream = downstream
-        self._upstream = upstream
-        self._name = name
-
-    def __str__(self) -> str:
-        return self._name
-
-    async def queue_frame(self, frame: Frame, direction=FrameDirection.DOWNSTREAM, callback=None):
-        if direction == FrameDirection.DOWNSTREAM:
-            await self._downstream(frame, direction)
-        else:
-            await self._upstream(frame, direction)
-
-
 class _SetupOnlyObserver(BaseObserver):
     """Shows the pipeline's observers a provider's set-up, not the frames its service pushes.
 
@@ -71,22 +45,11 @@ class _SetupOnlyObserver(BaseObserver):
     it. Shown what a provider's service pushes they would see every frame twice and,
     worse, the frames of attempts that were abandoned and never heard (an
     RTVI client would be told the bot started speaking once per attempt).
-
-    Once the set-up is reported it reads as no observer at all (it is falsy),
-    so pipecat's push skips it: no per-frame record is built, nothing awaited.
     """
 
     def __init__(self, observer: BaseObserver):
         super().__init__()
         self._observer = observer
-        self._setting_up = True
-
-    def __bool__(self) -> bool:
-        return self._setting_up
-
-    def set_up(self):
-        """The providers' processors are set up: from now on, observe nothing."""
-        self._setting_up = False
 
     async def on_processor_setup(self, data: ProcessorSetUp):
         await self._observer.on_processor_setup(data)
@@ -103,9 +66,13 @@ def provider_setup(setup: FrameProcessorSetup) -> FrameProcessorSetup:
 
 
 def setup_done(setup: FrameProcessorSetup):
-    """The services set up with ``setup`` are ready: its observer stops observing."""
+    """The services set up with ``setup`` are ready: from now on they have no observer.
+
+    So a service's push skips the observer at once: no per-frame record is
+    built, nothing awaited.
+    """
     if isinstance(setup.observer, _SetupOnlyObserver):
-        setup.observer.set_up()
+        setup.observer = None
 
 
 def _stall_limit(service: TTSService) -> float | None:
@@ -144,11 +111,10 @@ class ProviderLink:
         self.service = service
         self.stats = stats
         self.listener: LinkListener | None = None
-        ends = _ServiceEnds(
-            self._from_service_downstream, self._from_service_upstream, f"{service}::Failover"
-        )
-        # The service's neighbours on both sides (pipecat's link() sets only one side).
-        service._next = service._prev = ends
+        self._name = f"{service}::Failover"
+        # The link is the service's neighbour on both sides (pipecat's link()
+        # sets only one side): the service pushes by calling its queue_frame.
+        service._next = service._prev = self
         # Services without word timestamps push a sentence's text after its audio.
         self.word_timestamps = not getattr(service, "_push_text_frames", False)
         self.stall_limit = _stall_limit(service)
@@ -254,12 +220,27 @@ class ProviderLink:
         finally:
             self._lifecycle.pop(frame.id, None)
 
-    async def _from_service_downstream(self, frame: Frame, direction: FrameDirection):
-        if frame.__class__ is TTSAudioRawFrame and self._draining is None:
-            # The audio path: one check, no isinstance walk.
-            if (listener := self.listener) is not None:
-                await listener.output(self, frame)
-            return
+    def __str__(self) -> str:
+        return self._name
+
+    async def queue_frame(self, frame: Frame, direction=FrameDirection.DOWNSTREAM, callback=None):
+        """What the service pushes, either way: the hand-over itself.
+
+        No processor, queue or task in between, so a chunk of audio costs one
+        hop (the service's push) to reach the attempt, as it would to reach
+        the next processor without failover.
+        """
+        if direction is _DOWNSTREAM:
+            if frame.__class__ is TTSAudioRawFrame and self._draining is None:
+                # The audio path: one check, no isinstance walk.
+                if (listener := self.listener) is not None:
+                    await listener.output(self, frame)
+                return
+            await self._from_service_downstream(frame)
+        else:
+            await self._from_service_upstream(frame, direction)
+
+    async def _from_service_downstream(self, frame: Frame):
         if isinstance(frame, _LIFECYCLE_FRAMES):
             if event := self._lifecycle.get(frame.id):
                 event.set()

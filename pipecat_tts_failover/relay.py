@@ -31,6 +31,8 @@ from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.watch import Deadlines, SpeechWatch
 
 _WORD_FRAMES = (TTSTextFrame, AggregatedTextProgressFrame)
+# A wait bounded by progress, not by time: a day stands in for no bound.
+_FOREVER = 86400.0
 
 
 @dataclass
@@ -81,6 +83,8 @@ class RelayHooks:
         hedge_allowed: Whether the hedge budget allows one more hedge of a provider.
         stolen: Seconds this process's event loop lost since a loop time: a
             deadline gives them back to the provider.
+        push_audio: Pushes a chunk of audio downstream on the audio path of a
+            healthy call (``push`` if not given).
     """
 
     push: Callable[[Frame], Awaitable[None]]
@@ -98,6 +102,7 @@ class RelayHooks:
     hedge_delay: Callable[[str], float | None] = lambda provider_id: None
     hedge_allowed: Callable[[str], bool] = lambda provider_id: False
     stolen: Callable[[float], float] | None = None
+    push_audio: Callable[[Frame], Awaitable[None]] | None = None
 
 
 class Relay:
@@ -123,6 +128,7 @@ class Relay:
     def __init__(self, links: Mapping[str, ProviderLink], hooks: RelayHooks, name: str):
         self._links = links
         self._hooks = hooks
+        self._push_audio = hooks.push_audio or hooks.push
         self._name = name
         self._lock = asyncio.Lock()
         self.speaker: ProviderLink | None = None
@@ -221,24 +227,42 @@ class Relay:
             await self._drop_hedge()
             self._reset()
 
-    async def finish(self, frame: EndFrame, timeout: float):
-        """Hand the end of the call to the speaker and wait until it has spoken everything."""
+    async def finish(self, frame: EndFrame, quiet: float):
+        """Hand the end of the call to the speaker and wait until it has spoken everything.
+
+        However long what is owed takes to play (an overloaded worker plays
+        slower than real time), the end waits for it while it comes out; it
+        gives up only once nothing has come out of the speaker for ``quiet``
+        seconds, and says so.
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         # The call stays with the provider speaking its last words.
         self._ending = True
+        progress = loop.time()
         while True:
             async with self._lock:
                 if self.speaker is None:
-                    return
+                    break
                 speaker = self.speaker
                 self._speaker_changed.clear()
-            came_out = asyncio.ensure_future(
-                speaker.send_lifecycle(frame, max(0.0, deadline - loop.time()))
-            )
+            came_out = asyncio.ensure_future(speaker.send_lifecycle(frame, _FOREVER))
             changed = asyncio.ensure_future(self._speaker_changed.wait())
-            await asyncio.wait({came_out, changed}, return_when=asyncio.FIRST_COMPLETED)
-            done = came_out.done()
+            while not came_out.done() and not changed.done():
+                await asyncio.wait(
+                    {came_out, changed},
+                    timeout=min(1.0, quiet),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                progress = max(progress, self._last_audio_at() or progress)
+                if loop.time() - progress >= quiet:
+                    break
+            # False from send_lifecycle: the EndFrame did not come out, nothing was finished.
+            done = (
+                came_out.done()
+                and not came_out.cancelled()
+                and came_out.exception() is None
+                and came_out.result()
+            )
             for waiter in (came_out, changed):
                 waiter.cancel()
             await asyncio.gather(came_out, changed, return_exceptions=True)
@@ -246,12 +270,19 @@ class Relay:
                 # Everything was spoken, or every provider failed what was owed.
                 await self._cancel_failover()
                 break
-            if loop.time() >= deadline:
-                logger.warning(f"{self._name}: the end of the call came before all was spoken")
+            if loop.time() - progress >= quiet:
+                logger.warning(
+                    f"{self._name}: the end of the call came before all was spoken "
+                    f"(nothing came out for {quiet:g}s)"
+                )
                 break
             if self._failover is not None:
-                await asyncio.wait({self._failover}, timeout=max(0.0, deadline - loop.time()))
+                await asyncio.wait({self._failover}, timeout=quiet)
         self.close()
+
+    def _last_audio_at(self) -> float | None:
+        watch = self._watch
+        return watch.last_audio_at if watch is not None else None
 
     def close(self):
         """Stop the watches' timers (the call ended)."""
@@ -526,7 +557,7 @@ class Relay:
             if self._context_map:
                 await self._emit(frame)
             else:
-                await self._hooks.push(frame)
+                await self._push_audio(frame)
             if watch.requested and watch.audible and watch.idle:
                 await self._spoken(watch)
             return
@@ -729,7 +760,7 @@ class Relay:
         """Pass on a frame of the speaker's, as one stream with what came before."""
         if isinstance(frame, TTSAudioRawFrame) and not self._context_map:
             # The audio path: nothing of the ledger or the splice concerns it.
-            await self._hooks.push(frame)
+            await self._push_audio(frame)
             return
         if frame.id in self._made_up:
             self._made_up.discard(frame.id)

@@ -15,7 +15,6 @@ from pipecat.frames.frames import (
     Frame,
     InterruptionFrame,
     StartFrame,
-    TTSAudioRawFrame,
     TTSUpdateSettingsFrame,
 )
 from pipecat.pipeline.base_pipeline import BasePipeline
@@ -23,7 +22,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, F
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.errors import ErrorCategory
 
-from pipecat_tts_failover.audio_push import push_audio
+from pipecat_tts_failover.audio_push import AudioPusher
 from pipecat_tts_failover.config import (
     DEFAULT_FIRST_AUDIO_TIMEOUT,
     DEFAULT_SILENCE_FLOOR,
@@ -65,8 +64,9 @@ from pipecat_tts_failover.watch import Deadlines
 _STORE_READ_TIMEOUT = 0.25
 # How long the end of a call waits for each provider's service to stop.
 _SERVICE_STOP_TIMEOUT = 5.0
-# How long the end of a call waits for what is owed to be spoken, failovers included.
-_END_OF_CALL_TIMEOUT = 60.0
+# How long the end of a call waits with nothing coming out of the speaker before it gives
+# up on what is owed (it waits as long as speech keeps coming, failovers included).
+_END_OF_CALL_QUIET = 15.0
 # How long a backup on cold standby may take to connect when it is needed.
 _COLD_START_TIMEOUT = 5.0
 _STANDBY_MODES = ("warm", "cold")
@@ -343,11 +343,13 @@ class FailoverTTSService(BasePipeline):
         for link in self._links.values():
             _claim(link.service, self)
         self._writer = StoreWriter(str(self))
+        self._audio_pusher = AudioPusher(self)
         self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
         self._relay = Relay(
             self._links,
             RelayHooks(
-                push=self._push_downstream,
+                push=self.push_frame,
+                push_audio=self._audio_pusher.push,
                 push_upstream=lambda frame: self.push_frame(frame, FrameDirection.UPSTREAM),
                 order=self._order_for_speech,
                 deadlines=self._speed.deadlines,
@@ -416,13 +418,6 @@ class FailoverTTSService(BasePipeline):
             p for s in services for p in s.processors_with_metrics()
         ]
 
-    async def _push_downstream(self, frame: Frame):
-        """Pass on a frame of the speaking provider's: audio on the lean path, the rest as usual."""
-        if frame.__class__ is TTSAudioRawFrame:
-            await push_audio(self, frame)
-        else:
-            await self.push_frame(frame)
-
     async def setup(self, setup: FrameProcessorSetup):
         """Set up this processor and the providers' services.
 
@@ -433,6 +428,7 @@ class FailoverTTSService(BasePipeline):
         await super().setup(setup)
         self._setup_finished()
         self._pipeline_setup = setup
+        self._audio_pusher.set_up(setup)
         links = list(self._links.values())
         await self._set_up_links(links[:1] if self._cold_standby else links)
 
@@ -612,7 +608,7 @@ class FailoverTTSService(BasePipeline):
                 self._last_error[pid] = (error.category, error.error)
 
     async def _stop(self, frame: EndFrame):
-        await self._relay.finish(frame, _END_OF_CALL_TIMEOUT)
+        await self._relay.finish(frame, _END_OF_CALL_QUIET)
         self._speed.share(self._writer)
         await self._writer.drain(timeout=2.0)
         await self._finish_confirmations()

@@ -15,7 +15,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.utils.text.alnum_utils import has_alnum
 
-from pipecat_tts_failover.detection import FailureReason, is_audible
+from pipecat_tts_failover.detection import FailureReason, pcm16_rms, pcm16_rms_even
 from pipecat_tts_failover.timeline import HEARD_SHARE, TYPICAL_SECONDS_PER_CHAR, WordTimeline
 
 
@@ -246,6 +246,11 @@ class SpeechWatch:
             # Nothing is being spoken: the audio is due from the request.
             self._await_audio(from_request=True)
 
+    @property
+    def last_audio_at(self) -> float | None:
+        """Loop time of the last chunk of audio, if any came."""
+        return self._last_audio_at
+
     def announced(self, frame: AggregatedTextFrame):
         """The service announced a segment it will speak."""
         self._announced[frame.id] = frame.text
@@ -276,7 +281,9 @@ class SpeechWatch:
             # Well past the finished request's last word: this is the next one's
             # audio (its first word frame usually says so first).
             self._tail = False
-        if is_audible(frame.audio, self._deadlines.silence_floor):
+        audio = frame.audio
+        level = pcm16_rms(audio) if len(audio) & 1 else pcm16_rms_even(audio, 2)
+        if level > self._deadlines.silence_floor:
             self._silent_run = 0.0
             self.audible = True
             self._context_audible.add(context_id)

@@ -24,6 +24,7 @@ from pipecat_tts_failover import (
     HealthPolicy,
     InMemoryHealthStore,
 )
+from pipecat_tts_failover import service as service_module
 from pipecat_tts_failover.recovery import PROBE_TEXT
 from tests.support.pipeline import FirstPushObserver, PipelineHarness
 from tests.support.scripted import ScriptedTTSService, decode_audio, plan
@@ -321,6 +322,19 @@ async def test_observers_and_push_handlers_see_every_chunk_the_caller_gets(store
     assert before == (h.audio if push_handler else [])
 
 
+async def test_the_end_of_a_call_waits_for_speech_that_keeps_coming_however_long(
+    store, monkeypatch
+):
+    # An overloaded worker plays what is owed slower than real time: the end of
+    # the call must wait while it comes out, not for a fixed time. Here speech
+    # takes some 3 s to come out against 0.5 s the end waits with nothing coming.
+    monkeypatch.setattr(service_module, "_END_OF_CALL_QUIET", 0.5)
+    services = providers(None, None, pace=0.05)
+    h = await speak_all(failover(services, store), SENTENCES[:2])
+    assert heard(h) == " ".join(SENTENCES[:2]).split()
+    assert set(speakers(h)) == {0}
+
+
 async def test_late_audio_from_an_abandoned_attempt_never_reaches_the_caller(store):
     # The primary answers, but after the deadline: its audio arrives once the
     # sentence has moved, and must not be heard.
@@ -555,7 +569,10 @@ async def test_each_provider_s_audio_passes_at_its_own_rate_as_it_would_bare(sto
         ),
         "secondary": ScriptedTTSService(provider_index=1, sample_rate=22050),
     }
-    h = await speak_all(failover(services, store), SENTENCES[:1], audio_out_sample_rate=16000)
+    # The primary must speak its two words however loaded the machine: only its
+    # stall is under test, so its first audio gets a generous deadline.
+    tts = failover(services, store, first_audio_timeout=2.0)
+    h = await speak_all(tts, SENTENCES[:1], audio_out_sample_rate=16000)
     assert heard(h) == SENTENCES[0].split()
     rates = [f.sample_rate for f in h.audio]
     assert set(rates) == {24000, 22050} and rates == sorted(rates, reverse=True)
