@@ -19,7 +19,8 @@ from pipecat.observers.base_observer import FramePushed
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
 from pipecat.utils.errors import ErrorCategory
 
-_DOWNSTREAM = FrameDirection.DOWNSTREAM
+# Read once: an enum member read costs a Python-level lookup on the audio path.
+DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
 class AudioPusher:
@@ -66,11 +67,11 @@ class AudioPusher:
                         source=processor,
                         destination=destination,
                         frame=frame,
-                        direction=_DOWNSTREAM,
+                        direction=DOWNSTREAM,
                         timestamp=self._clock.get_time(),
                     )
                 )
-            await destination.queue_frame(frame, _DOWNSTREAM)
+            await destination.queue_frame(frame, DOWNSTREAM)
         except Exception as e:  # noqa: BLE001 - reported as push_frame reports it
             # The observers and the next processor ran here: the cause is theirs.
             await processor.push_error(

@@ -79,8 +79,8 @@ class LoopLagMonitor:
             if at < since:
                 break
             lags.append(lag)
-        if self._lags and self._handle is not None:
-            overdue = asyncio.get_running_loop().time() - self._lags[-1][0] - self._interval
+        if self._handle is not None:
+            overdue = asyncio.get_running_loop().time() - self._expected
             lags.append(max(0.0, overdue))
         return lags
 

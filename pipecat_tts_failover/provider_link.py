@@ -17,10 +17,10 @@ from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService
 
+from pipecat_tts_failover.audio_push import DOWNSTREAM
 from pipecat_tts_failover.latency import ProviderStats
 
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
-_DOWNSTREAM = FrameDirection.DOWNSTREAM  # an enum member read costs a Python-level lookup
 # Share of a service's own stop-frame timeout a stall deadline may use.
 _STOP_TIMER_SHARE = 0.8
 
@@ -230,7 +230,7 @@ class ProviderLink:
         hop (the service's push) to reach the attempt, as it would to reach
         the next processor without failover.
         """
-        if direction is _DOWNSTREAM:
+        if direction is DOWNSTREAM:
             if frame.__class__ is TTSAudioRawFrame and self._draining is None:
                 # The audio path: one check, no isinstance walk.
                 if (listener := self.listener) is not None:

@@ -206,14 +206,14 @@ class Recovery:
             if self._probe_for(provider_id) is None:
                 # Nothing here can probe it: keep it down rather than let a
                 # caller find out; a worker with a live call will probe it.
-                await self._store.extend_down(provider_id, 2 * self.lead)
+                await self._keep_down(provider_id)
                 continue
             lock = f"probe:{provider_id}"
             if not await self._store.try_lock(lock, ttl=self.lead + self._first_audio_timeout):
                 # Another worker is probing, or the lock cannot be proven (Redis
                 # away): keep the provider down until a probe has spoken, then
-                # see what was found. Only a probe brings a provider back.
-                await self._store.extend_down(provider_id, 2 * self.lead)
+                # see what was found.
+                await self._keep_down(provider_id)
                 await asyncio.sleep(self.lead)
                 continue
             try:
@@ -225,8 +225,8 @@ class Recovery:
                 await self._store.release_lock(lock)
             if verdict is None:
                 # No verdict (the probe was cut short, or failed while this
-                # process lagged): no evidence either way, so it stays down.
-                await self._store.extend_down(provider_id, 2 * self.lead)
+                # process lagged): no evidence either way.
+                await self._keep_down(provider_id)
                 continue
             self._notify(ProbeFinished(provider_id, verdict.ok, verdict.reason, verdict.seconds))
             if verdict.ok:
@@ -243,6 +243,10 @@ class Recovery:
                 f"next in {wait:.1f}s"
             )
             await self._store.extend_down(provider_id, wait + self.lead)
+
+    async def _keep_down(self, provider_id: str):
+        """Nothing has proved the provider healthy yet: only a probe that speaks brings it back."""
+        await self._store.extend_down(provider_id, 2 * self.lead)
 
     def _notify(self, event):
         for listener in self._listeners:

@@ -143,6 +143,15 @@ async def test_two_workers_racing_to_probe_run_one_probe():
         await worker.aclose()
 
 
+async def down_until_a_probe_speaks(store, recorder: EventRecorder, timeout: float):
+    """Check, until a probe brings it back, that the primary stays marked down throughout."""
+    async with asyncio.timeout(timeout):
+        while not recorder.of(ProviderUp):
+            # Down until the probe has spoken, well past its 0.2 s mark-down.
+            assert (await store.get(["primary"]))["primary"].down_until is not None
+            await asyncio.sleep(0.01)
+
+
 async def test_a_provider_stays_down_while_its_probe_lock_is_held_elsewhere():
     # Another worker holds the probe lock and never finishes (it died, or Redis
     # is away and no lock can be taken): the mark-down must outlast its length
@@ -154,11 +163,7 @@ async def test_a_provider_stays_down_while_its_probe_lock_is_held_elsewhere():
     assert await store.try_lock("probe:primary", ttl=3 * recovery.lead)
     await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.2)
     recovery.watch("primary")
-    async with asyncio.timeout(10):
-        while not recorder.of(ProviderUp):
-            # Down until the probe has spoken, well past the 0.2 s mark-down.
-            assert (await store.get(["primary"]))["primary"].down_until is not None
-            await asyncio.sleep(0.01)
+    await down_until_a_probe_speaks(store, recorder, timeout=10)
     [probe] = recorder.of(ProbeFinished)
     assert probe.ok
     await recovery.aclose()
@@ -183,10 +188,7 @@ async def test_a_probe_with_no_verdict_keeps_the_provider_down():
     recovery.offer(object(), source)
     await store.mark_down("primary", reason=FailureReason.ERROR, cooldown=0.2)
     recovery.watch("primary")
-    async with asyncio.timeout(20):
-        while not recorder.of(ProviderUp):
-            assert (await store.get(["primary"]))["primary"].down_until is not None
-            await asyncio.sleep(0.01)
+    await down_until_a_probe_speaks(store, recorder, timeout=20)
     assert verdicts == []
     await recovery.aclose()
 
