@@ -405,9 +405,9 @@ def _spread_or_none(values: list[float | None], fmt: str) -> str:
 class EmulatorProcess:
     """A provider emulator in a process of its own, so its CPU is not the pipeline's."""
 
-    def __init__(self, provider: str, speed: float):
+    def __init__(self, provider: str, speed: float, *, extra_args: tuple[str, ...] = ()):
         self._args = [sys.executable, "-m", "pipecat_tts_failover.cli", "emulate", provider]
-        self._args += ["--speed", str(speed), "--log-level", "WARNING"]
+        self._args += ["--speed", str(speed), "--log-level", "WARNING", *extra_args]
         self._process: asyncio.subprocess.Process | None = None
         self.ws_url = ""
 

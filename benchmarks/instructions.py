@@ -14,7 +14,7 @@ emulators run in processes of their own, not counted.
 
 An asyncio program's instructions depend on time: how many audio messages one
 socket read brings, how often a waiting task wakes, how often a periodic timer
-(the wrapper's loop-lag monitor, every 50 ms) fires while a sentence plays. Under
+(the wrapper's loop-lag monitor, every 50 to 200 ms) fires while a sentence plays. Under
 valgrind the counted process runs some 20 times slower than natively. An earlier
 version paced the emulators at real time: its 10 sentences then needed most of
 a core, so on a loaded machine the process fell behind by however much the load
@@ -36,8 +36,10 @@ in the process calls) marks the phases, with ``--dump-before=getresgid``, so
 callgrind writes the counts of each phase apart: imports and construction (not
 reported), the call's set-up (the pipeline's start, connections included), the
 sentences (from the first sent to a short settle after the last one was heard),
-the call's end, and the exit. The sentences are counted by themselves, with no
-subtraction of two runs; the call's set-up is the start plus the end. Both
+the call's end, and the exit. The emulators' idle timeouts are off (they would
+run on the wall clock while the services' keepalives run on the slowed one).
+The sentences are counted by themselves, with no subtraction of two runs; the
+call's set-up is the start plus the end. Both
 kinds must deliver the same audio frames and words, and every sentence within
 its wait: the script says so otherwise, and fails. Per repeat bare and
 wrapped run in random order, one process under valgrind at a time; each figure
@@ -125,10 +127,18 @@ async def speak(kind: str, sentences: int, dilation: float) -> dict:
             stopped += 1
             heard_stop.set()
 
+    # The providers' idle timeouts are off: they run on the wall clock, the
+    # services' keepalives on the slowed one. The idle backup's ElevenLabs
+    # socket, kept alive every 10 s of loop time (40 s of wall time at 4 x),
+    # would time out after 20 s and reconnect, work a real call never does.
     late = 0
     async with (
-        EmulatorProcess("cartesia", speed=1 / dilation) as cartesia,
-        EmulatorProcess("elevenlabs", speed=1 / dilation) as elevenlabs,
+        EmulatorProcess(
+            "cartesia", speed=1 / dilation, extra_args=("--idle-timeout", "none")
+        ) as cartesia,
+        EmulatorProcess(
+            "elevenlabs", speed=1 / dilation, extra_args=("--inactivity-timeout", "none")
+        ) as elevenlabs,
     ):
         _, processor = real_service(kind, cartesia, elevenlabs)
         _mark()  # load

@@ -35,7 +35,8 @@ class AudioPusher:
         self._observer = None
         self._clock = None
         self._next: FrameProcessor | None = None
-        self._handlers: tuple = ()
+        # The handler lists of on_before/after_push_frame (pipecat appends to them in place).
+        self._handlers: tuple[list, ...] = ()
 
     def set_up(self, setup: FrameProcessorSetup):
         """The processor is set up (and linked): read what every push needs, once."""
@@ -45,7 +46,7 @@ class AudioPusher:
         events = getattr(self._processor, "_event_handlers", None)
         if isinstance(events, dict) and hasattr(self._processor, "_next"):
             names = ("on_before_push_frame", "on_after_push_frame")
-            self._handlers = tuple(events[name] for name in names if name in events)
+            self._handlers = tuple(events[name].handlers for name in names if name in events)
         else:
             self._next = None  # not the pipecat it was written for: push_frame always
 
@@ -53,13 +54,13 @@ class AudioPusher:
         """Push a frame downstream, usually a chunk of audio."""
         processor = self._processor
         destination = self._next
-        if (
-            destination is None
-            or destination is not processor._next  # relinked since set-up
-            or any(event.handlers for event in self._handlers)
-        ):
+        if destination is None or destination is not processor._next:  # relinked since set-up
             await processor.push_frame(frame)
             return
+        for handlers in self._handlers:
+            if handlers:
+                await processor.push_frame(frame)
+                return
         try:
             if observer := self._observer:
                 await observer.on_push_frame(

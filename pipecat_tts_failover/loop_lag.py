@@ -2,8 +2,10 @@
 
 A first-audio deadline that expires while the loop is hundreds of
 milliseconds behind says more about this process than about the provider. One
-timer per event loop ticks every ``interval`` seconds and notes how late it
-fired. A call's deadlines give the provider back the time the loop lost
+timer per event loop ticks and notes how late it fired: every ``interval``
+seconds while the loop is late, every ``calm_interval`` seconds while it keeps
+time, so a call on a quiet worker does not wake its loop 20 times a second to
+measure nothing. A call's deadlines give the provider back the time the loop lost
 (:meth:`LoopLagMonitor.stolen_since`), and ``FailoverTTSService`` does not hold
 a failure against the provider when the worst lag while it was judged passed
 the health policy's ``max_loop_lag``; a Redis call's timeout does too
@@ -14,6 +16,9 @@ import asyncio
 from collections import deque
 
 _INTERVAL = 0.05
+# Between ticks while the loop keeps time (its last tick was on time within _CALM_LAG).
+_CALM_INTERVAL = 0.2
+_CALM_LAG = 0.01
 # Lags kept: a minute at the interval, more than any attempt lasts.
 _KEPT = 1200
 
@@ -24,15 +29,28 @@ class LoopLagMonitor:
     Calls take it with :meth:`acquire` and give it back with :meth:`release`;
     it ticks while one holds it, and stops when the last one lets go. A tick
     is a plain timer callback (no task, no coroutine, no future), as cheap as
-    the loop can wake: it runs every ``interval`` seconds for as long as any
-    call speaks.
+    the loop can wake. A tick that fires late by more than ``calm_lag``
+    brings the next one ``interval`` seconds later; an on-time one,
+    ``calm_interval`` seconds later. A loaded loop is measured finely; a quiet
+    one costs a few wake-ups a second, and a block that comes after quiet is
+    measured from when the tick then due was due (up to ``calm_interval``
+    shorter than it lasted).
 
     Args:
-        interval: Seconds between ticks.
+        interval: Seconds between ticks while the loop is late.
+        calm_interval: Seconds between ticks while it keeps time.
+        calm_lag: The most lateness, in seconds, a tick that keeps time has.
     """
 
-    def __init__(self, interval: float = _INTERVAL):
+    def __init__(
+        self,
+        interval: float = _INTERVAL,
+        calm_interval: float = _CALM_INTERVAL,
+        calm_lag: float = _CALM_LAG,
+    ):
         self._interval = interval
+        self._calm_interval = calm_interval
+        self._calm_lag = calm_lag
         self._lags: deque[tuple[float, float]] = deque(maxlen=_KEPT)
         self._users = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,8 +106,9 @@ class LoopLagMonitor:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        self._lags.append((now, max(0.0, now - self._expected)))
-        self._expected = now + self._interval
+        lag = max(0.0, now - self._expected)
+        self._lags.append((now, lag))
+        self._expected = now + (self._interval if lag > self._calm_lag else self._calm_interval)
         self._handle = loop.call_at(self._expected, self._tick)
 
 

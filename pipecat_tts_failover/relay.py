@@ -22,12 +22,12 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.utils.errors import ErrorCategory
-from pipecat.utils.text.alnum_utils import has_alnum
 from pipecat.utils.text.base_text_aggregator import TextType
 
 from pipecat_tts_failover.detection import FailureReason, reason_for_error_frame
 from pipecat_tts_failover.ledger import Ledger
 from pipecat_tts_failover.provider_link import ProviderLink
+from pipecat_tts_failover.speakable import has_alnum
 from pipecat_tts_failover.watch import Deadlines, SpeechWatch
 
 _WORD_FRAMES = (TTSTextFrame, AggregatedTextProgressFrame)

@@ -13,9 +13,9 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
     TTSTextFrame,
 )
-from pipecat.utils.text.alnum_utils import has_alnum
 
 from pipecat_tts_failover.detection import FailureReason, pcm16_rms, pcm16_rms_even
+from pipecat_tts_failover.speakable import has_alnum
 from pipecat_tts_failover.timeline import HEARD_SHARE, TYPICAL_SECONDS_PER_CHAR, WordTimeline
 
 
@@ -97,6 +97,8 @@ class SpeechWatch:
         # Requests sent and not yet spoken in full, by audio context: whether
         # each has anything to say (pipecat's rule: letters or digits), in order.
         self._requests: dict[str | None, list[bool]] = {}
+        # Whether nothing is owed (no request left): read on every chunk, kept as it changes.
+        self.idle = True
         # How many of them have something to say: only those are owed audio.
         self._speech_owed = 0
         # Audio contexts that ended with nothing to say asked of them.
@@ -202,11 +204,6 @@ class SpeechWatch:
         return any(c and c in error and not any(f) for c, f in self._requests.items())
 
     @property
-    def idle(self) -> bool:
-        """Whether nothing is owed."""
-        return not self._requests
-
-    @property
     def speech_rate(self) -> float | None:
         """Seconds per character the provider spoke at, once measured."""
         return self._speech_rate
@@ -237,6 +234,7 @@ class SpeechWatch:
         flags = self._requests.get(context_id)
         if flags is None:
             self._requests[context_id] = [speakable]
+            self.idle = False
         else:
             flags.append(speakable)
         if not speakable:
@@ -266,12 +264,15 @@ class SpeechWatch:
         context_id = frame.context_id or self._playing
         if context_id != self._audio_context:
             self._start_context_audio(context_id)
-        self._context_audio.add(context_id)
+        if context_id not in self._context_audio:
+            self._context_audio.add(context_id)
         if self._early_words:
             early, self._early_words = self._early_words, []
             for word in early:
                 self._time_word(word)
-        seconds = len(frame.audio) / (2 * frame.num_channels * frame.sample_rate)
+        audio = frame.audio
+        size = len(audio)
+        seconds = size / (2 * frame.num_channels * frame.sample_rate)
         self._audio_seconds += seconds
         timeline = self._timeline
         if timeline is not None:
@@ -281,12 +282,12 @@ class SpeechWatch:
             # Well past the finished request's last word: this is the next one's
             # audio (its first word frame usually says so first).
             self._tail = False
-        audio = frame.audio
-        level = pcm16_rms(audio) if len(audio) & 1 else pcm16_rms_even(audio, 2)
+        level = pcm16_rms(audio) if size & 1 else pcm16_rms_even(audio, 2)
         if level > self._deadlines.silence_floor:
             self._silent_run = 0.0
             self.audible = True
-            self._context_audible.add(context_id)
+            if context_id not in self._context_audible:
+                self._context_audible.add(context_id)
             if self._awaiting_since is not None and not tail:
                 if self._awaiting_request:
                     # A first-audio latency only where the request waited on nothing else.
@@ -632,6 +633,7 @@ class SpeechWatch:
             self._speech_owed -= 1
         if not flags:
             del self._requests[context_id]
+            self.idle = not self._requests
         self._awaiting_since = None
         if self._speech_owed:
             # The next request's audio is due.
