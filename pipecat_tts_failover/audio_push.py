@@ -7,11 +7,11 @@ push is the service's own; the second is the wrapper's cost. pipecat's
 changes nothing here: lookups for ``on_before_push_frame`` and
 ``on_after_push_frame`` handlers, the set-up's observer and clock read through
 a Python-level ``__getattribute__``, and a trace line formatted whether or not
-trace logging is on. :class:`AudioPusher` does what reaches the pipeline (the
-observers are told of the push, then the next processor queues the frame)
-with what it reads once at set-up, and falls back to ``push_frame``
-whenever it could differ: a handler registered for those events, or no next
-processor.
+trace logging is on. :class:`AudioPusher` reads once at set-up what reaches
+the pipeline (the observers, told of the push, then the next processor, which
+queues the frame), for its owner to push with no call in between, and says
+when only ``push_frame`` will do: a handler registered for those events, or
+no next processor.
 """
 
 from pipecat.frames.frames import Frame
@@ -24,7 +24,20 @@ DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
 class AudioPusher:
-    """Pushes frames downstream from one processor, as its ``push_frame`` would.
+    """What pushing a frame downstream from one processor needs, read once, for its owner to push inline.
+
+    The owner pushes as ``push_frame`` does, with no call in between (a
+    coroutine per chunk is an allocation the garbage collector counts)::
+
+        if (destination := pusher.destination()) is None:
+            await processor.push_frame(frame)
+        else:
+            try:
+                if (observer := pusher.observer) is not None:
+                    await observer.on_push_frame(pusher.pushed(frame, destination))
+                await destination.queue_frame(frame, DOWNSTREAM)
+            except Exception as e:
+                await pusher.failed(e)
 
     Args:
         processor: The pushing processor.
@@ -32,7 +45,8 @@ class AudioPusher:
 
     def __init__(self, processor: FrameProcessor):
         self._processor = processor
-        self._observer = None
+        # The set-up's observer, if any: told of each push.
+        self.observer = None
         self._clock = None
         self._next: FrameProcessor | None = None
         # The handler lists of on_before/after_push_frame (pipecat appends to them in place).
@@ -40,7 +54,7 @@ class AudioPusher:
 
     def set_up(self, setup: FrameProcessorSetup):
         """The processor is set up (and linked): read what every push needs, once."""
-        self._observer = setup.observer
+        self.observer = setup.observer
         self._clock = setup.clock
         self._next = self._processor.next
         events = getattr(self._processor, "_event_handlers", None)
@@ -50,31 +64,34 @@ class AudioPusher:
         else:
             self._next = None  # not the pipecat it was written for: push_frame always
 
-    async def push(self, frame: Frame):
-        """Push a frame downstream, usually a chunk of audio."""
-        processor = self._processor
+    def destination(self) -> FrameProcessor | None:
+        """Where to queue a frame directly, or None when only ``push_frame`` pushes it as pipecat would.
+
+        None when the processor is not set up, was relinked since, or has an
+        ``on_before_push_frame``/``on_after_push_frame`` handler registered.
+        """
         destination = self._next
-        if destination is None or destination is not processor._next:  # relinked since set-up
-            await processor.push_frame(frame)
-            return
+        if destination is None or destination is not self._processor._next:
+            return None
         for handlers in self._handlers:
             if handlers:
-                await processor.push_frame(frame)
-                return
-        try:
-            if observer := self._observer:
-                await observer.on_push_frame(
-                    FramePushed(
-                        source=processor,
-                        destination=destination,
-                        frame=frame,
-                        direction=DOWNSTREAM,
-                        timestamp=self._clock.get_time(),
-                    )
-                )
-            await destination.queue_frame(frame, DOWNSTREAM)
-        except Exception as e:  # noqa: BLE001 - reported as push_frame reports it
-            # The observers and the next processor ran here: the cause is theirs.
-            await processor.push_error(
-                error_msg=f"Uncaught exception: {e}", exception=e, category=ErrorCategory.UNKNOWN
-            )
+                return None
+        return destination
+
+    def pushed(self, frame: Frame, destination: FrameProcessor) -> FramePushed:
+        """What the observers are told of a frame pushed downstream to ``destination``."""
+        return FramePushed(
+            source=self._processor,
+            destination=destination,
+            frame=frame,
+            direction=DOWNSTREAM,
+            timestamp=self._clock.get_time(),
+        )
+
+    async def failed(self, error: Exception):
+        """Report an exception of the observers or the next processor, as ``push_frame`` does."""
+        await self._processor.push_error(
+            error_msg=f"Uncaught exception: {error}",
+            exception=error,
+            category=ErrorCategory.UNKNOWN,
+        )

@@ -24,6 +24,7 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.text.base_text_aggregator import TextType
 
+from pipecat_tts_failover.audio_push import DOWNSTREAM, AudioPusher
 from pipecat_tts_failover.detection import FailureReason, reason_for_error_frame
 from pipecat_tts_failover.ledger import Ledger
 from pipecat_tts_failover.provider_link import ProviderLink
@@ -83,8 +84,8 @@ class RelayHooks:
         hedge_allowed: Whether the hedge budget allows one more hedge of a provider.
         stolen: Seconds this process's event loop lost since a loop time: a
             deadline gives them back to the provider.
-        push_audio: Pushes a chunk of audio downstream on the audio path of a
-            healthy call (``push`` if not given).
+        audio_pusher: Pushes a chunk of audio downstream inline on the audio
+            path of a healthy call (``push`` does if not given).
     """
 
     push: Callable[[Frame], Awaitable[None]]
@@ -102,7 +103,7 @@ class RelayHooks:
     hedge_delay: Callable[[str], float | None] = lambda provider_id: None
     hedge_allowed: Callable[[str], bool] = lambda provider_id: False
     stolen: Callable[[float], float] | None = None
-    push_audio: Callable[[Frame], Awaitable[None]] | None = None
+    audio_pusher: AudioPusher | None = None
 
 
 class Relay:
@@ -128,7 +129,7 @@ class Relay:
     def __init__(self, links: Mapping[str, ProviderLink], hooks: RelayHooks, name: str):
         self._links = links
         self._hooks = hooks
-        self._push_audio = hooks.push_audio or hooks.push
+        self._pusher = hooks.audio_pusher
         self._name = name
         self._lock = asyncio.Lock()
         self.speaker: ProviderLink | None = None
@@ -554,10 +555,17 @@ class Relay:
             if not audible and watch.awaiting_audio:
                 self._held = [frame]
                 return
-            if self._context_map:
+            pusher = self._pusher
+            if self._context_map or pusher is None or (to := pusher.destination()) is None:
                 await self._emit(frame)
             else:
-                await self._push_audio(frame)
+                # Pushed as AudioPusher says, inline: nothing allocated between the two pushes.
+                try:
+                    if (observer := pusher.observer) is not None:
+                        await observer.on_push_frame(pusher.pushed(frame, to))
+                    await to.queue_frame(frame, DOWNSTREAM)
+                except Exception as e:  # noqa: BLE001 - reported as push_frame reports it
+                    await pusher.failed(e)
             if watch.requested and watch.audible and watch.idle:
                 await self._spoken(watch)
             return
@@ -759,8 +767,8 @@ class Relay:
     async def _emit(self, frame: Frame):
         """Pass on a frame of the speaker's, as one stream with what came before."""
         if isinstance(frame, TTSAudioRawFrame) and not self._context_map:
-            # The audio path: nothing of the ledger or the splice concerns it.
-            await self._push_audio(frame)
+            # Nothing of the ledger or the splice concerns audio.
+            await self._hooks.push(frame)
             return
         if frame.id in self._made_up:
             self._made_up.discard(frame.id)

@@ -349,7 +349,7 @@ class FailoverTTSService(BasePipeline):
             self._links,
             RelayHooks(
                 push=self.push_frame,
-                push_audio=self._audio_pusher.push,
+                audio_pusher=self._audio_pusher,
                 push_upstream=lambda frame: self.push_frame(frame, FrameDirection.UPSTREAM),
                 order=self._order_for_speech,
                 deadlines=self._speed.deadlines,
