@@ -24,20 +24,13 @@ DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
 class AudioPusher:
-    """What pushing a frame downstream from one processor needs, read once, for its owner to push inline.
+    """What pushing downstream from one processor needs, read once, for its owner to push inline.
 
     The owner pushes as ``push_frame`` does, with no call in between (a
-    coroutine per chunk is an allocation the garbage collector counts)::
-
-        if (destination := pusher.destination()) is None:
-            await processor.push_frame(frame)
-        else:
-            try:
-                if (observer := pusher.observer) is not None:
-                    await observer.on_push_frame(pusher.pushed(frame, destination))
-                await destination.queue_frame(frame, DOWNSTREAM)
-            except Exception as e:
-                await pusher.failed(e)
+    coroutine per chunk is an allocation the garbage collector counts): it
+    tells :attr:`observer` of :meth:`pushed`, then queues the frame to
+    :meth:`destination`, and reports an exception of either with
+    :meth:`failed`; where :meth:`destination` is None, it calls ``push_frame``.
 
     Args:
         processor: The pushing processor.
@@ -65,7 +58,7 @@ class AudioPusher:
             self._next = None  # not the pipecat it was written for: push_frame always
 
     def destination(self) -> FrameProcessor | None:
-        """Where to queue a frame directly, or None when only ``push_frame`` pushes it as pipecat would.
+        """Where to queue a frame directly; None where only ``push_frame`` pushes as pipecat would.
 
         None when the processor is not set up, was relinked since, or has an
         ``on_before_push_frame``/``on_after_push_frame`` handler registered.
