@@ -25,9 +25,6 @@ class FakeLoop:
         self.now = self.due + late
         self._callback()
 
-    def _timer_handle_cancelled(self, handle):
-        pass
-
     def get_debug(self):
         return False
 

@@ -41,3 +41,5 @@ def test_has_alnum_answers_as_pipecat_does_for_every_character():
         if 0xD800 <= code <= 0xDFFF:
             continue
         assert has_alnum(char) is pipecat_has_alnum(char), hex(code)
+        marked = f"<say-as>{char}</say-as>"
+        assert has_alnum(marked) is pipecat_has_alnum(marked), hex(code)
