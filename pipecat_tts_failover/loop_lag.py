@@ -148,7 +148,10 @@ class LagGrace:
     def __init__(self, timeout: asyncio.Timeout, seconds: float, cap: float):
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
-        self._start = self._loop.time()
+        # From the timeout's own deadline: it was set before this, and a check
+        # armed from a later start could come after the timeout has fired.
+        deadline = timeout.when()
+        self._start = deadline - seconds if deadline is not None else self._loop.time()
         self._seconds = seconds
         self._cap = cap
         self._given = 0.0
@@ -165,7 +168,7 @@ class LagGrace:
     def _check(self):
         assert self._monitor is not None
         stolen = min(self._cap, self._monitor.stolen_since(self._start))
-        if stolen > self._given:
+        if stolen > self._given and not self._timeout.expired():
             self._given = stolen
             self._timeout.reschedule(self._start + self._seconds + stolen)
             self._arm()

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+from functools import partial
 from typing import Protocol
 
 from loguru import logger
@@ -36,6 +37,20 @@ class LinkListener(Protocol):
 
     async def upstream(self, link: "ProviderLink", frame: Frame, direction: FrameDirection) -> None:
         """The service pushed a frame upstream."""
+
+
+class _Outlet:
+    """What a provider's service pushes to (its ``_next`` and ``_prev``): a name and a queue_frame."""
+
+    __slots__ = ("_name", "queue_frame")
+
+    def __init__(self, name: str, queue_frame):
+        self._name = name
+        self.queue_frame = queue_frame
+
+    def __str__(self) -> str:
+        # pipecat formats its push's trace line with it, on every push.
+        return self._name
 
 
 class _SetupOnlyObserver(BaseObserver):
@@ -110,11 +125,12 @@ class ProviderLink:
         self.provider_id = provider_id
         self.service = service
         self.stats = stats
-        self.listener: LinkListener | None = None
+        self._listener: LinkListener | None = None
         self._name = f"{service}::Failover"
-        # The link is the service's neighbour on both sides (pipecat's link()
-        # sets only one side): the service pushes by calling its queue_frame.
-        service._next = service._prev = self
+        # The service's neighbour on both sides (pipecat's link() sets only
+        # one side): the service pushes by calling its queue_frame.
+        self._outlet = _Outlet(self._name, self.queue_frame)
+        service._next = service._prev = self._outlet
         # Services without word timestamps push a sentence's text after its audio.
         self.word_timestamps = not getattr(service, "_push_text_frames", False)
         self.stall_limit = _stall_limit(service)
@@ -125,12 +141,26 @@ class ProviderLink:
         self.ended = False
         # Whether the service was cancelled mid-way through its EndFrame.
         self.cancelled = False
-        # Id of the interruption sent to drop what the service still pushes.
-        self._draining: int | None = None
+        # Id of the interruption sent to drop what the service still pushes (None: not draining).
+        self.draining_id: int | None = None
         self._lifecycle: dict[int, asyncio.Event] = {}
         # The text of the request the listener is told of (as the service sends it).
         self.request_text = ""
         service.add_event_handler("on_tts_request", self._on_tts_request)
+
+    @property
+    def listener(self) -> LinkListener | None:
+        """Where what the service pushes goes."""
+        return self._listener
+
+    @listener.setter
+    def listener(self, listener: LinkListener | None):
+        # A listener with take(link, frame, direction) is called by the
+        # service's push itself, in place of queue_frame below (one call per
+        # chunk fewer on the audio path); it hands on what it does not handle.
+        self._listener = listener
+        take = getattr(listener, "take", None)
+        self._outlet.queue_frame = partial(take, self) if take is not None else self.queue_frame
 
     @property
     def is_usable(self) -> bool:
@@ -140,7 +170,7 @@ class ProviderLink:
     @property
     def draining(self) -> bool:
         """Whether what the service pushes is being dropped until an interruption comes out."""
-        return self._draining is not None
+        return self.draining_id is not None
 
     def plays_on(self, context_id: str | None) -> bool:
         """Whether the service still holds items (audio, words) of this audio context to play.
@@ -163,8 +193,8 @@ class ProviderLink:
 
     async def _on_tts_request(self, service: TTSService, context_id: str, text: str):
         self.request_text = text
-        if self.listener is not None:
-            self.listener.request(self, context_id)
+        if self._listener is not None:
+            self._listener.request(self, context_id)
 
     async def send(self, frame: Frame):
         """Hand a frame to the service."""
@@ -172,7 +202,7 @@ class ProviderLink:
 
     async def interrupt(self, frame: InterruptionFrame):
         """Interrupt the service; drop what it pushes until the interruption comes out."""
-        self._draining = frame.id
+        self.draining_id = frame.id
         await self.service.queue_frame(frame)
 
     async def abandon(self):
@@ -183,7 +213,7 @@ class ProviderLink:
         finishes it.
         """
         if self.ended:
-            self._draining = -1
+            self.draining_id = -1
             self.cancelled = True
             await self.send_lifecycle(CancelFrame(), timeout=None)
         else:
@@ -224,16 +254,16 @@ class ProviderLink:
         return self._name
 
     async def queue_frame(self, frame: Frame, direction=FrameDirection.DOWNSTREAM, callback=None):
-        """What the service pushes, either way: the hand-over itself.
+        """What the service pushes, either way (what a direct listener hands on).
 
         No processor, queue or task in between, so a chunk of audio costs one
-        hop (the service's push) to reach the attempt, as it would to reach
-        the next processor without failover.
+        call to reach the attempt, as it would to reach the next processor
+        without failover.
         """
         if direction is DOWNSTREAM:
-            if frame.__class__ is TTSAudioRawFrame and self._draining is None:
+            if frame.__class__ is TTSAudioRawFrame and self.draining_id is None:
                 # The audio path: one check, no isinstance walk.
-                if (listener := self.listener) is not None:
+                if (listener := self._listener) is not None:
                     await listener.output(self, frame)
                 return
             await self._from_service_downstream(frame)
@@ -246,16 +276,16 @@ class ProviderLink:
                 event.set()
             return
         if isinstance(frame, InterruptionFrame):
-            if frame.id == self._draining:
-                self._draining = None
+            if frame.id == self.draining_id:
+                self.draining_id = None
             return
-        if self._draining is not None or self.listener is None:
+        if self.draining_id is not None or self._listener is None:
             logger.trace(f"{self.service}: dropping {frame} of interrupted speech")
             return
-        await self.listener.output(self, frame)
+        await self._listener.output(self, frame)
 
     async def _from_service_upstream(self, frame: Frame, direction: FrameDirection):
-        if self._draining is not None or self.listener is None:
+        if self.draining_id is not None or self._listener is None:
             logger.trace(f"{self.service}: dropping {frame} pushed upstream while interrupted")
             return
-        await self.listener.upstream(self, frame, direction)
+        await self._listener.upstream(self, frame, direction)

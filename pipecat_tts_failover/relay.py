@@ -201,6 +201,24 @@ class Relay:
     # Frames from the pipeline
     #
 
+    def sends_at_once(self) -> bool:
+        """Whether :meth:`send` would hand a data frame over without waiting on anything.
+
+        Not while a failover or an interruption holds the relay, nor where the
+        next reply's speaker must be started first (cold standby) or the store
+        read first (``return_to_primary="immediately"``).
+        """
+        if self._lock.locked():
+            return False
+        speaker = self.speaker
+        if speaker is not None and (self._ending or not (self._reselect or self._idle())):
+            return True
+        if self._hooks.before_select is not None:
+            return False
+        order = self._hooks.order()
+        link = self._links[order[0]] if order else next(iter(self._links.values()))
+        return link is speaker or link.started
+
     async def send(self, frame: Frame):
         """Hand a frame to the speaking provider's service."""
         async with self._lock:
@@ -536,19 +554,33 @@ class Relay:
         for frame in held:
             await self._emit(frame)
 
-    async def output(self, link: ProviderLink, frame: Frame):
-        """Take what a provider's service pushed downstream."""
+    async def take(
+        self,
+        link: ProviderLink,
+        frame: Frame,
+        direction: FrameDirection = DOWNSTREAM,
+        callback=None,
+    ):
+        """What a provider's service pushes, straight from its push (the link's ``queue_frame`` otherwise).
+
+        A chunk of the speaker's audio on a healthy call is passed on here, in
+        the one call the service's push makes; everything else goes through
+        the link (lifecycle, interruptions) to :meth:`output` or
+        :meth:`upstream`.
+        """
         watch = self._watch
         if (
             frame.__class__ is TTSAudioRawFrame
+            and direction is DOWNSTREAM
             and link is self.speaker
+            and link.draining_id is None
             and watch is not None
             and watch.failed is None
             and self._held is None
             and self._hedge is None
             and self._deferred_error is None
         ):
-            # The audio path of a healthy call: the same steps as below, fewer checks.
+            # The audio path of a healthy call: the steps of output(), fewer checks.
             audible = watch.audio(frame)
             if watch.failed is not None:
                 return
@@ -569,6 +601,11 @@ class Relay:
             if watch.requested and watch.audible and watch.idle:
                 await self._spoken(watch)
             return
+        await link.queue_frame(frame, direction, callback)
+
+    async def output(self, link: ProviderLink, frame: Frame):
+        """Take what a provider's service pushed downstream."""
+        watch = self._watch
         if link is self._hedge:
             await self._hedge_output(frame)
             return

@@ -15,6 +15,7 @@ from pipecat.frames.frames import (
     Frame,
     InterruptionFrame,
     StartFrame,
+    SystemFrame,
     TTSUpdateSettingsFrame,
 )
 from pipecat.pipeline.base_pipeline import BasePipeline
@@ -22,7 +23,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, F
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.errors import ErrorCategory
 
-from pipecat_tts_failover.audio_push import AudioPusher
+from pipecat_tts_failover.audio_push import DOWNSTREAM, AudioPusher
 from pipecat_tts_failover.config import (
     DEFAULT_FIRST_AUDIO_TIMEOUT,
     DEFAULT_SILENCE_FLOOR,
@@ -52,6 +53,7 @@ from pipecat_tts_failover.loop_lag import LoopLagMonitor, loop_lag_monitor
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink, provider_setup, setup_done
 from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
+from pipecat_tts_failover.queue_bypass import QueueBypass
 from pipecat_tts_failover.recovery import Probe, ProbeVerdict, Recovery, recovery_for
 from pipecat_tts_failover.relay import Relay, RelayHooks, SentenceReport
 from pipecat_tts_failover.speed import SpeedTracker
@@ -70,6 +72,8 @@ _END_OF_CALL_QUIET = 15.0
 # How long a backup on cold standby may take to connect when it is needed.
 _COLD_START_TIMEOUT = 5.0
 _STANDBY_MODES = ("warm", "cold")
+# Frames that always go through this processor's queues: what it handles itself.
+_QUEUED_FRAMES = (SystemFrame, EndFrame, TTSUpdateSettingsFrame)
 
 
 class FailoverTTSService(BasePipeline):
@@ -343,6 +347,7 @@ class FailoverTTSService(BasePipeline):
         for link in self._links.values():
             _claim(link.service, self)
         self._writer = StoreWriter(str(self))
+        self._bypass = QueueBypass(self)
         self._audio_pusher = AudioPusher(self)
         self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
         self._relay = Relay(
@@ -453,6 +458,39 @@ class FailoverTTSService(BasePipeline):
     #
     # Frame processing
     #
+
+    async def queue_frame(
+        self,
+        frame: Frame,
+        direction: FrameDirection = FrameDirection.DOWNSTREAM,
+        callback=None,
+    ):
+        """Queue a frame, or hand it to the speaking provider at once when nothing waits ahead of it.
+
+        The provider's service queues what it is given, as the bare service
+        would. A frame of the call's speech (not a lifecycle, system or
+        settings frame) that finds nothing queued or in hand here, at a moment
+        the relay can pass it on without waiting (no provider to start, no
+        store to read, no failover under way), is processed at once instead of
+        being queued here too: a sentence reaches its provider's service after
+        as many queues as without failover. See :mod:`queue_bypass`.
+
+        Args:
+            frame: The frame.
+            direction: Its direction.
+            callback: Called once the frame is processed (such frames are queued).
+        """
+        if (
+            direction is DOWNSTREAM
+            and callback is None
+            and self._start_frame is not None
+            and not isinstance(frame, _QUEUED_FRAMES)
+            and self._bypass.clear()
+            and self._relay.sends_at_once()
+        ):
+            await self._bypass.process(frame, direction)
+            return
+        await super().queue_frame(frame, direction, callback)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Route a frame: the call's frames to the speaking provider, lifecycle to every one.

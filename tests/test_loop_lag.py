@@ -1,8 +1,9 @@
 import asyncio
+import time
 
 import pytest
 
-from pipecat_tts_failover.loop_lag import LoopLagMonitor
+from pipecat_tts_failover.loop_lag import LagGrace, LoopLagMonitor, loop_lag_monitor
 
 
 class FakeLoop:
@@ -62,3 +63,25 @@ def test_a_block_after_quiet_counts_from_when_the_tick_was_due(loop):
     assert monitor.stolen_since(since) == pytest.approx(0.3)  # overdue, before it ticks
     loop.fire(late=0.3)
     assert monitor.stolen_since(since) == pytest.approx(0.3)
+
+
+async def test_lag_grace_counts_from_its_timeout_s_deadline_however_late_it_is_set_up():
+    # A reply due while the loop is blocked comes in time: the grace gives the
+    # timeout back the block. The grace is set up 2 ms after the timeout's
+    # deadline was set; checked from then, it would come after the timeout fired.
+    monitor = loop_lag_monitor()
+    monitor.acquire()
+    try:
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
+        deadline = asyncio.timeout(0.05)
+        time.sleep(0.002)  # noqa: ASYNC251 - blocks the loop on purpose
+        async with deadline:
+            grace = LagGrace(deadline, 0.05, cap=1.0)
+            loop.call_soon(time.sleep, 0.3)  # the loop blocks...
+            loop.call_later(0.01, reply.set_result, "answer")  # ...as the reply comes
+            assert await reply == "answer"
+        grace.cancel()
+        assert not deadline.expired()
+    finally:
+        await monitor.release()
