@@ -64,14 +64,17 @@ async def test_frames_wait_their_turn_while_the_wrapper_is_paused_and_keep_their
     tts = FailoverTTSService(services=services, store=InMemoryHealthStore())
     async with PipelineHarness(tts) as h:
         await tts.queue_frame(FrameProcessorPauseUrgentFrame(processor=tts))
-        await h.wait_for(lambda: tts._FrameProcessor__should_block_frames)
         first, second = TTSSpeakFrame(FIRST), TTSSpeakFrame(SECOND)
-        await tts.queue_frame(first)
-        await tts.queue_frame(second)
-        # Queued behind the pause: nothing reached the provider yet.
-        spoken = [f for f in services["primary"].arrived if isinstance(f, TTSSpeakFrame)]
-        assert spoken == []
-        await tts.queue_frame(FrameProcessorResumeUrgentFrame(processor=tts))
+        try:
+            await h.wait_for(lambda: tts._FrameProcessor__should_block_frames)
+            await tts.queue_frame(first)
+            await tts.queue_frame(second)
+            # Queued behind the pause: nothing reached the provider yet.
+            spoken = [f for f in services["primary"].arrived if isinstance(f, TTSSpeakFrame)]
+            assert spoken == []
+        finally:
+            # Resumed whatever happened: a paused processor would hold the call's end.
+            await tts.queue_frame(FrameProcessorResumeUrgentFrame(processor=tts))
         await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 2)
     spoken = [f for f in services["primary"].arrived if isinstance(f, TTSSpeakFrame)]
     assert spoken == [first, second]
