@@ -13,8 +13,8 @@ class StoreWriter:
     """Runs store writes one at a time in a task of its own, behind a bounded queue.
 
     The task lives only while writes are queued: a call that writes once a
-    sentence holds no task, and no queue, between its writes (at 500 calls a
-    worker would otherwise keep 500 idle tasks). A full queue drops the newest
+    sentence holds no task between its writes (at 500 calls a worker would
+    otherwise keep 500 idle tasks). A full queue drops the newest
     write with a warning rather than wait: the audio path never waits on the
     store.
 
