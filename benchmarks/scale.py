@@ -14,7 +14,8 @@ under its own ``PipelineWorker`` and ``WorkerRunner``; ``tts`` is
   first chunk, about 2.9 s of speech per sentence;
 - ``wrapped``: a ``FailoverTTSService`` with that service as the primary and a
   second one idle (``standby="warm"``: its pipeline set up and started with the
-  call); ``cold`` (memory only) the same with ``standby="cold"``.
+  call); ``cold`` (memory only) the same with ``standby="cold"`` and the
+  backup given as a factory (built only if the call fails over).
 
 Every call speaks 3 sentences, each sent once the previous one has been heard.
 Every call is held (started) for the whole run; they start speaking one every
@@ -142,7 +143,13 @@ def make_tts(kind: str, store) -> FrameProcessor:
     primary = PacedTTSService(provider_index=0, name="primary")
     if kind == "bare":
         return primary
-    backup = PacedTTSService(provider_index=1, name="backup")
+    if kind == "cold":
+        # Cold standby as a fleet holding no backup would configure it: the
+        # backup as a factory, built only if the call fails over.
+        def backup():
+            return PacedTTSService(provider_index=1, name="backup")
+    else:
+        backup = PacedTTSService(provider_index=1, name="backup")
     return FailoverTTSService(
         services={"primary": primary, "backup": backup},
         store=store,
@@ -402,7 +409,7 @@ def memory_table(results: dict[int, dict[str, dict]]):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="10,100,300,500", help="comma-separated call counts")
-    parser.add_argument("--repeats", type=int, default=2, help="bare/wrapped pairs per count")
+    parser.add_argument("--repeats", type=int, default=2, help="bare/wrapped pairs per count (0: memory only)")
     parser.add_argument(
         "--memory-calls", default="100,500", help="call counts for memory runs ('' for none)"
     )
@@ -441,12 +448,15 @@ def main():
         )
         + f"; {os.cpu_count()} CPUs"
     )
-    print(
-        f"timing: {args.repeats} bare/wrapped pairs per row, fresh process per run, order random "
-        "per pair; median (min-max) over runs, ratios within pairs"
-    )
-    print()
     timing: dict[int, list[dict[str, dict]]] = {}
+    if counts and args.repeats > 0:
+        print(
+            f"timing: {args.repeats} bare/wrapped pairs per row, fresh process per run, order "
+            "random per pair; median (min-max) over runs, ratios within pairs"
+        )
+        print()
+    else:
+        counts = []  # memory only
     for calls in counts:
         timing[calls] = []
         for _ in range(args.repeats):
@@ -460,14 +470,16 @@ def main():
                 file=sys.stderr,
                 flush=True,
             )
-    timing_table(timing)
+    if timing:
+        timing_table(timing)
 
     if memory_counts:
         print()
         print(
             "memory (tracemalloc, one run each, fresh process, order random): held once every "
             "call started, peak while they speak, per call, over the traced memory after a "
-            'priming call; warm = wrapped with standby="warm", cold = standby="cold"'
+            'priming call; warm = wrapped with standby="warm", cold = standby="cold" with the '
+            "backup given as a factory"
         )
         memory: dict[int, dict[str, dict]] = {}
         for calls in memory_counts:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pipecat_tts_failover.health import HealthPolicy
     from pipecat_tts_failover.latency import AdaptiveTimeout
     from pipecat_tts_failover.probes import CartesiaProbe, ElevenLabsProbe, ServiceProbe
-    from pipecat_tts_failover.providers import normalize_provider_id
+    from pipecat_tts_failover.providers import ServiceFactory, normalize_provider_id
     from pipecat_tts_failover.service import FailoverTTSService
     from pipecat_tts_failover.store import (
         Controls,
@@ -50,6 +50,7 @@ _EXPORTS = {
     "InMemoryHealthStore": "pipecat_tts_failover.store",
     "ProviderHealth": "pipecat_tts_failover.store",
     "RedisHealthStore": "pipecat_tts_failover.store",
+    "ServiceFactory": "pipecat_tts_failover.providers",
     "ServiceProbe": "pipecat_tts_failover.probes",
     "SlackWebhookAlerter": "pipecat_tts_failover.alerts",
     "normalize_provider_id": "pipecat_tts_failover.providers",
@@ -71,6 +72,7 @@ __all__ = [
     "InMemoryHealthStore",
     "ProviderHealth",
     "RedisHealthStore",
+    "ServiceFactory",
     "ServiceProbe",
     "SlackWebhookAlerter",
     "__version__",

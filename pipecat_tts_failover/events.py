@@ -127,8 +127,10 @@ class FailureExcused:
         cause: Why it was excused: ``"loop_lag"`` (this process's event loop
             lagged past the health policy's bound while the attempt was
             judged), ``"client_misuse"`` (the client broke one of the
-            provider's rules by its own use) or ``"panic_floor"`` (a rule was
-            met, but every other provider is down).
+            provider's rules by its own use), ``"no_service"`` (the app's
+            factory for the provider's service raised or returned no
+            service) or ``"panic_floor"`` (a rule was met, but every other
+            provider is down).
     """
 
     provider_id: str

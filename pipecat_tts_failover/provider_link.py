@@ -18,7 +18,7 @@ from pipecat.observers.base_observer import BaseObserver, ProcessorSetUp
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.tts_service import TTSService
 
-from pipecat_tts_failover.audio_push import DOWNSTREAM
+from pipecat_tts_failover.downstream_push import DOWNSTREAM
 from pipecat_tts_failover.latency import ProviderStats
 
 _LIFECYCLE_FRAMES = (StartFrame, EndFrame, CancelFrame)
@@ -115,25 +115,30 @@ class ProviderLink:
     interruption coming out of it is dropped, so nothing of abandoned speech
     reaches the listener.
 
+    A provider on cold standby may be given as a factory: the link then has
+    no service until :meth:`attach` (see ``FailoverTTSService``). Until then
+    frames handed to it are dropped and its lifecycle never comes out.
+
     Args:
         provider_id: The normalized provider id.
-        service: The provider's pipecat TTS service.
+        service: The provider's pipecat TTS service, or None until attached.
         stats: What the process has learned of the provider (its speech rate).
     """
 
-    def __init__(self, provider_id: str, service: TTSService, stats: ProviderStats):
+    def __init__(self, provider_id: str, service: TTSService | None, stats: ProviderStats):
         self.provider_id = provider_id
-        self.service = service
         self.stats = stats
         self._listener: LinkListener | None = None
-        self._name = f"{service}::Failover"
+        self._name = f"{provider_id}::Failover"
         # The service's neighbour on both sides (pipecat's link() sets only
         # one side): the service pushes by calling its queue_frame.
         self._outlet = _Outlet(self._name, self.queue_frame)
-        service._next = service._prev = self._outlet
+        self.service: TTSService | None = None
         # Services without word timestamps push a sentence's text after its audio.
-        self.word_timestamps = not getattr(service, "_push_text_frames", False)
-        self.stall_limit = _stall_limit(service)
+        self.word_timestamps = True
+        self.stall_limit: float | None = None
+        # Why the provider's factory gave no service, if it did not.
+        self.attach_error: str | None = None
         # Whether the service was set up (pipecat's WebSocket services connect then).
         self.set_up = False
         # Whether the StartFrame, and an EndFrame or CancelFrame, have been sent to the service.
@@ -146,6 +151,16 @@ class ProviderLink:
         self._lifecycle: dict[int, asyncio.Event] = {}
         # The text of the request the listener is told of (as the service sends it).
         self.request_text = ""
+        if service is not None:
+            self.attach(service)
+
+    def attach(self, service: TTSService):
+        """Link the provider's service: what it pushes comes to this link."""
+        self.service = service
+        self._name = self._outlet._name = f"{service}::Failover"
+        service._next = service._prev = self._outlet
+        self.word_timestamps = not getattr(service, "_push_text_frames", False)
+        self.stall_limit = _stall_limit(service)
         service.add_event_handler("on_tts_request", self._on_tts_request)
 
     @property
@@ -164,7 +179,9 @@ class ProviderLink:
 
     @property
     def is_usable(self) -> bool:
-        """Whether the service can still be given work."""
+        """Whether the service can still be given work (a service still to be made can)."""
+        if self.service is None:
+            return self.attach_error is None
         return self.service.is_usable
 
     @property
@@ -180,6 +197,8 @@ class ProviderLink:
         service does on an error message) can overtake them. Reads the
         service's queue (``_audio_context_manager``); False if it cannot.
         """
+        if self.service is None:
+            return False
         manager = getattr(self.service, "_audio_context_manager", None)
         contexts = getattr(manager, "_contexts", None)
         queue = contexts.get(context_id) if isinstance(contexts, dict) else None
@@ -197,11 +216,14 @@ class ProviderLink:
             self._listener.request(self, context_id)
 
     async def send(self, frame: Frame):
-        """Hand a frame to the service."""
-        await self.service.queue_frame(frame)
+        """Hand a frame to the service (dropped while there is none)."""
+        if self.service is not None:
+            await self.service.queue_frame(frame)
 
     async def interrupt(self, frame: InterruptionFrame):
         """Interrupt the service; drop what it pushes until the interruption comes out."""
+        if self.service is None:
+            return
         self.draining_id = frame.id
         await self.service.queue_frame(frame)
 
@@ -227,17 +249,21 @@ class ProviderLink:
             timeout: How long to wait, or None not to wait.
 
         Returns:
-            True if the frame came out in time (or no wait was asked for).
+            True if the frame came out in time (or no wait was asked for);
+            False if it did not, or there is no service.
         """
+        if self.service is None:
+            return False
         if isinstance(frame, StartFrame):
             self.started = True
         elif isinstance(frame, (EndFrame, CancelFrame)):
             self.ended = True
+        if timeout is None:
+            await self.service.queue_frame(frame)
+            return True
         done = asyncio.Event()
         self._lifecycle[frame.id] = done
         await self.service.queue_frame(frame)
-        if timeout is None:
-            return True
         try:
             async with asyncio.timeout(timeout):
                 await done.wait()

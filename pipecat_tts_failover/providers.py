@@ -1,13 +1,17 @@
 """Provider ids: one normalized string per TTS service, derived or given."""
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pipecat.services.tts_service import TTSService
 
 _SEPARATORS = re.compile(r"[\s\-_]+")
 # Words that name the kind of class, not the provider ("CartesiaHttpTTSService").
 _CLASS_SUFFIXES = re.compile(r"(Http|WebSocket|Websocket|WS)?(TTS)?Service$")
+
+# What may stand for a provider's service in a dict of services: a function of
+# no arguments that returns the service (called when the service is needed).
+ServiceFactory = Callable[[], TTSService]
 
 
 def normalize_provider_id(provider_id: str) -> str:
@@ -51,19 +55,21 @@ def provider_id_for(service: TTSService) -> str:
 
 
 def resolve_services(
-    services: Mapping[str, TTSService] | Sequence[TTSService],
-) -> dict[str, TTSService]:
+    services: Mapping[str, TTSService | ServiceFactory] | Sequence[TTSService],
+) -> dict[str, TTSService | ServiceFactory]:
     """Validate the services given to FailoverTTSService and key them by provider id.
 
     Args:
-        services: A mapping of id to service, or a list of services in preference order.
+        services: A mapping of id to service (or to a factory of the
+            service), or a list of services in preference order.
 
     Returns:
-        An ordered dict of normalized id to service, in preference order.
+        An ordered dict of normalized id to service or factory, in preference order.
 
     Raises:
         TypeError: If ``services`` is not a mapping or list, or holds something
-            that is not a pipecat ``TTSService``.
+            that is neither a pipecat ``TTSService`` nor, in a mapping, a
+            callable that makes one.
         ValueError: If fewer than two services are given, an id repeats once
             normalized, or one service instance is given twice.
     """
@@ -77,17 +83,24 @@ def resolve_services(
             f"not {type(services).__name__}"
         )
     for pid, svc in pairs:
-        if not isinstance(svc, TTSService):
-            where = f"services[{pid!r}]" if pid else "services"
+        if isinstance(svc, TTSService) or (pid and callable(svc) and not isinstance(svc, type)):
+            continue
+        if pid is None and callable(svc) and not isinstance(svc, type):
             raise TypeError(
-                f"{where} holds {type(svc).__name__}, which is not a pipecat TTSService"
+                "services holds a factory; a factory needs a provider id: pass a dict, "
+                'e.g. {"cartesia": primary, "elevenlabs": make_backup}'
             )
+        where = f"services[{pid!r}]" if pid else "services"
+        raise TypeError(
+            f"{where} holds {type(svc).__name__}, which is not a pipecat TTSService "
+            "(nor, in a dict, a function that returns one)"
+        )
     if len(pairs) < 2:
         raise ValueError(
             f"services needs at least two TTS services (a primary and a backup), got {len(pairs)}"
         )
 
-    resolved: dict[str, TTSService] = {}
+    resolved: dict[str, TTSService | ServiceFactory] = {}
     for pid, svc in pairs:
         pid = pid or provider_id_for(svc)
         if pid in resolved:

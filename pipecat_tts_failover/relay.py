@@ -24,8 +24,8 @@ from pipecat.processors.frame_processor import FrameDirection
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.text.base_text_aggregator import TextType
 
-from pipecat_tts_failover.audio_push import DOWNSTREAM, AudioPusher
 from pipecat_tts_failover.detection import FailureReason, reason_for_error_frame
+from pipecat_tts_failover.downstream_push import DOWNSTREAM, DownstreamPusher
 from pipecat_tts_failover.ledger import Ledger
 from pipecat_tts_failover.provider_link import ProviderLink
 from pipecat_tts_failover.speakable import has_alnum
@@ -84,8 +84,9 @@ class RelayHooks:
         hedge_allowed: Whether the hedge budget allows one more hedge of a provider.
         stolen: Seconds this process's event loop lost since a loop time: a
             deadline gives them back to the provider.
-        audio_pusher: Pushes a chunk of audio downstream inline on the audio
-            path of a healthy call (``push`` does if not given).
+        pusher: What pushing downstream needs, for a chunk of audio on the
+            audio path of a healthy call to be pushed inline (``push``
+            pushes it if not given).
     """
 
     push: Callable[[Frame], Awaitable[None]]
@@ -103,7 +104,7 @@ class RelayHooks:
     hedge_delay: Callable[[str], float | None] = lambda provider_id: None
     hedge_allowed: Callable[[str], bool] = lambda provider_id: False
     stolen: Callable[[float], float] | None = None
-    audio_pusher: AudioPusher | None = None
+    pusher: DownstreamPusher | None = None
 
 
 class Relay:
@@ -129,7 +130,7 @@ class Relay:
     def __init__(self, links: Mapping[str, ProviderLink], hooks: RelayHooks, name: str):
         self._links = links
         self._hooks = hooks
-        self._pusher = hooks.audio_pusher
+        self._pusher = hooks.pusher
         self._name = name
         self._lock = asyncio.Lock()
         self.speaker: ProviderLink | None = None
@@ -176,7 +177,13 @@ class Relay:
         self._hedge_task: asyncio.Task | None = None
         self._reselect = True
         self._ending = False
-        self._speaker_changed = asyncio.Event()
+        # Made when the end of the call waits on the speaker, not held for the whole
+        # call: an asyncio.Event holds a deque (about 600 bytes).
+        self._speaker_changed: asyncio.Event | None = None
+
+    def _signal_speaker_changed(self):
+        if self._speaker_changed is not None:
+            self._speaker_changed.set()
 
     @property
     def speaker_id(self) -> str | None:
@@ -263,9 +270,12 @@ class Relay:
                 if self.speaker is None:
                     break
                 speaker = self.speaker
-                self._speaker_changed.clear()
+                if self._speaker_changed is None:
+                    self._speaker_changed = asyncio.Event()
+                speaker_changed = self._speaker_changed
+                speaker_changed.clear()
             came_out = asyncio.ensure_future(speaker.send_lifecycle(frame, _FOREVER))
-            changed = asyncio.ensure_future(self._speaker_changed.wait())
+            changed = asyncio.ensure_future(speaker_changed.wait())
             while not came_out.done() and not changed.done():
                 await asyncio.wait(
                     {came_out, changed},
@@ -377,7 +387,10 @@ class Relay:
             self._watch.close()
         self.speaker = link
         self._watch = self._new_watch(link)
-        self._speaker_changed.set()
+        self._signal_speaker_changed()
+        if link.service is None:
+            # Its factory gave no service (logged): fail it now, not at its first-audio deadline.
+            self._on_failure(self._watch, FailureReason.UNUSABLE, link.attach_error)
 
     def _new_watch(self, link: ProviderLink) -> SpeechWatch:
         pid = link.provider_id
@@ -550,7 +563,7 @@ class Relay:
         self._prepare_splice()
         self.speaker = link
         self._watch = watch
-        self._speaker_changed.set()
+        self._signal_speaker_changed()
         for frame in held:
             await self._emit(frame)
 
@@ -591,7 +604,7 @@ class Relay:
             if self._context_map or pusher is None or (to := pusher.destination()) is None:
                 await self._emit(frame)
             else:
-                # Pushed as AudioPusher says, inline: nothing allocated between the two pushes.
+                # Pushed as DownstreamPusher says, inline: nothing allocated between the two pushes.
                 try:
                     if (observer := pusher.observer) is not None:
                         await observer.on_push_frame(pusher.pushed(frame, to))
@@ -1000,6 +1013,6 @@ class Relay:
         self._splice_next_start = False
         self._reselect = True
         # The end of the call may be waiting on the speaker that just failed.
-        self._speaker_changed.set()
+        self._signal_speaker_changed()
         await self._hooks.on_report(report)
         await self._hooks.on_all_failed(text, report)

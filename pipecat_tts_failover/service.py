@@ -4,7 +4,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -23,7 +23,6 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, F
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.errors import ErrorCategory
 
-from pipecat_tts_failover.audio_push import DOWNSTREAM, AudioPusher
 from pipecat_tts_failover.config import (
     DEFAULT_FIRST_AUDIO_TIMEOUT,
     DEFAULT_SILENCE_FLOOR,
@@ -34,6 +33,7 @@ from pipecat_tts_failover.config import (
     positive_seconds,
 )
 from pipecat_tts_failover.detection import FailureReason, reason_for_error
+from pipecat_tts_failover.downstream_push import DOWNSTREAM, DownstreamPusher
 from pipecat_tts_failover.errors import AllProvidersFailedError
 from pipecat_tts_failover.events import (
     FailedOver,
@@ -52,7 +52,7 @@ from pipecat_tts_failover.link_probe import probe_link
 from pipecat_tts_failover.loop_lag import LoopLagMonitor, loop_lag_monitor
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink, provider_setup, setup_done
-from pipecat_tts_failover.providers import normalize_provider_id, resolve_services
+from pipecat_tts_failover.providers import ServiceFactory, normalize_provider_id, resolve_services
 from pipecat_tts_failover.queue_bypass import QueueBypass
 from pipecat_tts_failover.recovery import Probe, ProbeVerdict, Recovery, recovery_for
 from pipecat_tts_failover.relay import Relay, RelayHooks, SentenceReport
@@ -131,7 +131,7 @@ class FailoverTTSService(BasePipeline):
     def __init__(
         self,
         *,
-        services: Mapping[str, TTSService] | Sequence[TTSService],
+        services: Mapping[str, TTSService | ServiceFactory] | Sequence[TTSService],
         first_audio_timeout: float | str = DEFAULT_FIRST_AUDIO_TIMEOUT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         failure_threshold: int = 1,
@@ -161,6 +161,11 @@ class FailoverTTSService(BasePipeline):
                 provider id to service, or a list (ids are then derived from the
                 service classes: ``CartesiaTTSService`` gives ``"cartesia"``).
                 At least two. Ids are normalized (case, spaces, ``-``/``_``).
+                In a dict, a provider may be given as a factory instead: a
+                function of no arguments that returns its service. With
+                ``standby="cold"`` it is called only when the call first needs
+                that provider, so a call that never fails over never builds
+                its backup; with ``"warm"``, here.
             first_audio_timeout: Seconds from sending a sentence to its first
                 audio byte before the provider has failed it, or ``"adaptive"``:
                 each provider's deadline then follows its observed latency tail
@@ -238,6 +243,7 @@ class FailoverTTSService(BasePipeline):
         """
         super().__init__(name=name)
         resolved = resolve_services(services)
+        self._factories: dict[str, ServiceFactory] = {}
         if first_audio_timeout == "adaptive":
             adaptive: AdaptiveTimeout | None = adaptive_timeout or AdaptiveTimeout()
             fixed_first_audio = adaptive.fallback
@@ -278,6 +284,13 @@ class FailoverTTSService(BasePipeline):
         if standby not in _STANDBY_MODES:
             raise ValueError(f'standby must be "warm" or "cold", got {standby!r}')
         self._cold_standby = standby == "cold"
+        for pid, given in resolved.items():
+            if isinstance(given, TTSService):
+                continue
+            if self._cold_standby:
+                self._factories[pid] = given
+            else:
+                resolved[pid] = _made_by(pid, given, resolved.values())
         self._failure_threshold = positive_int("failure_threshold", failure_threshold)
         self._health = _health_policy(health, cooldown)
         if store is not None and not isinstance(store, HealthStore):
@@ -341,20 +354,23 @@ class FailoverTTSService(BasePipeline):
         self._listeners: list[FailoverListener] = listeners
 
         self._links = {
-            pid: ProviderLink(pid, service, self._speed.stats(pid))
-            for pid, service in resolved.items()
+            pid: ProviderLink(
+                pid, given if isinstance(given, TTSService) else None, self._speed.stats(pid)
+            )
+            for pid, given in resolved.items()
         }
         for link in self._links.values():
-            _claim(link.service, self)
+            if link.service is not None:
+                _claim(link.service, self)
         self._writer = StoreWriter(str(self))
         self._bypass = QueueBypass(self)
-        self._audio_pusher = AudioPusher(self)
+        self._pusher = DownstreamPusher(self)
         self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
         self._relay = Relay(
             self._links,
             RelayHooks(
-                push=self.push_frame,
-                audio_pusher=self._audio_pusher,
+                push=self._pusher.push,
+                pusher=self._pusher,
                 push_upstream=lambda frame: self.push_frame(frame, FrameDirection.UPSTREAM),
                 order=self._order_for_speech,
                 deadlines=self._speed.deadlines,
@@ -372,9 +388,12 @@ class FailoverTTSService(BasePipeline):
             ),
             str(self),
         )
+        # Settings updates for providers whose factory is still to be called.
+        self._settings_for_later: dict[str, list[TTSUpdateSettingsFrame]] = {}
         for link in self._links.values():
             link.listener = self._relay
-            link.service.add_event_handler("on_error", self._remember_error)
+            if link.service is not None:
+                link.service.add_event_handler("on_error", self._remember_error)
         self._start_frame: StartFrame | None = None
         self._pipeline_setup: FrameProcessorSetup | None = None
 
@@ -394,8 +413,12 @@ class FailoverTTSService(BasePipeline):
 
     @property
     def services(self) -> dict[str, TTSService]:
-        """The providers' services by id, in preference order."""
-        return {pid: link.service for pid, link in self._links.items()}
+        """The providers' services by id, in preference order.
+
+        A provider given as a factory on cold standby is here once the call has
+        built its service.
+        """
+        return {pid: link.service for pid, link in self._links.items() if link.service is not None}
 
     @property
     def active_provider(self) -> str:
@@ -413,12 +436,12 @@ class FailoverTTSService(BasePipeline):
 
     @property
     def processors(self) -> list[FrameProcessor]:
-        """The providers' services."""
-        return [link.service for link in self._links.values()]
+        """The providers' services (those built so far)."""
+        return list(self.services.values())
 
     def processors_with_metrics(self) -> list[FrameProcessor]:
         """The providers' services, which report their own TTFB and usage metrics."""
-        services = [link.service for link in self._links.values()]
+        services = self.processors
         return [s for s in services if s.can_generate_metrics()] + [
             p for s in services for p in s.processors_with_metrics()
         ]
@@ -433,18 +456,43 @@ class FailoverTTSService(BasePipeline):
         await super().setup(setup)
         self._setup_finished()
         self._pipeline_setup = setup
-        self._audio_pusher.set_up(setup)
+        self._pusher.set_up(setup)
         links = list(self._links.values())
         await self._set_up_links(links[:1] if self._cold_standby else links)
 
     async def _set_up_links(self, links: list[ProviderLink]):
-        links = [link for link in links if not link.set_up]
+        for link in links:
+            if link.service is None and link.attach_error is None:
+                await self._build_service(link)
+        links = [link for link in links if not link.set_up and link.service is not None]
         for link in links:
             link.set_up = True
         if links and self._pipeline_setup is not None:
             setup = provider_setup(self._pipeline_setup)
             await self._setup_processors([link.service for link in links], setup)
             setup_done(setup)
+
+    async def _build_service(self, link: ProviderLink):
+        """Call a provider's factory (cold standby) and link the service it returns.
+
+        A factory that raises or returns no usable service leaves the provider
+        unusable in this call, with the reason logged: the call goes on with
+        the others, and the fleet's health of the provider is not touched.
+        """
+        pid = link.provider_id
+        try:
+            others = [other.service for other in self._links.values()]
+            service = _made_by(pid, self._factories[pid], others)
+            _claim(service, self)
+        except Exception as e:  # noqa: BLE001 - the app's factory: any error it raises
+            link.attach_error = str(e)
+            self._last_error[pid] = (ErrorCategory.APPLICATION, link.attach_error)
+            logger.error(f"{self}: {pid} has no service: {e}")
+            return
+        link.attach(service)
+        service.add_event_handler("on_error", self._remember_error)
+        for frame in self._settings_for_later.pop(pid, ()):
+            await service.queue_frame(frame)
 
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
@@ -596,6 +644,8 @@ class FailoverTTSService(BasePipeline):
             return True
         logger.info(f"{self}: starting {link.provider_id} (cold standby)")
         await self._set_up_links([link])
+        if link.service is None:
+            return False
         return await link.send_lifecycle(self._start_frame, _COLD_START_TIMEOUT)
 
     def _order_for_speech(self) -> list[str]:
@@ -687,7 +737,10 @@ class FailoverTTSService(BasePipeline):
             targets = [self._links[self._relay.speaker_id or self._policy.call_provider]]
         for link in targets:
             self._settings_sent.add(link.provider_id)
-            await link.service.queue_frame(frame, direction)
+            if link.service is not None:
+                await link.service.queue_frame(frame, direction)
+            elif link.attach_error is None:
+                self._settings_for_later.setdefault(link.provider_id, []).append(frame)
 
     #
     # What the relay reports
@@ -761,6 +814,8 @@ class FailoverTTSService(BasePipeline):
         """Why a failure is not held against the provider, if it is not."""
         if not is_blamed(reason):
             return "client_misuse"
+        if self._links[pid].attach_error is not None:
+            return "no_service"  # the app's factory gave none: no fault of the provider
         if reason is FailureReason.NO_AUDIO and pid in self._settings_sent:
             # The context the app's settings change closed under the reply.
             self._settings_sent.discard(pid)
@@ -983,6 +1038,24 @@ def _health_policy(health: HealthPolicy | None, cooldown: float | None) -> Healt
     return dataclasses.replace(
         defaults, ejection=seconds, max_ejection=max(seconds, defaults.max_ejection)
     )
+
+
+def _made_by(pid: str, factory: ServiceFactory, others: Iterable[object]) -> TTSService:
+    """The service a provider's factory returns.
+
+    Raises:
+        TypeError: If it is not a pipecat TTSService.
+        ValueError: If it is one of ``others`` (another provider's service).
+    """
+    service = factory()
+    if not isinstance(service, TTSService):
+        raise TypeError(
+            f"services[{pid!r}]: its factory returned {type(service).__name__}, "
+            "which is not a pipecat TTSService"
+        )
+    if any(service is other for other in others):
+        raise ValueError(f"services[{pid!r}]: its factory returned another provider's service")
+    return service
 
 
 def _claim(service: TTSService, owner: FailoverTTSService):

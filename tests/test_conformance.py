@@ -427,6 +427,31 @@ async def test_real_service_reply_and_speak_frame_are_the_bare_services(kind):
     assert_same_frames(runs.bare, runs.wrapped, merge_audio=kind.endswith("_http"))
 
 
+@pytest.mark.parametrize("kind", ["cartesia_ws", "elevenlabs_http"])
+async def test_cold_standby_with_a_factory_is_the_bare_service_and_builds_no_backup(kind):
+    # The lightest wrapping: the backup given as a factory on cold standby. A
+    # healthy call's stream is still the bare service's, and no backup is built.
+    def scenario(svc):
+        return [
+            *reply("Thanks for calling. ", "Your order shipped today."),
+            until(count(LLMFullResponseEndFrame)),
+        ]
+
+    built: list[TTSService] = []
+    async with emulators() as emu:
+
+        def backup() -> TTSService:
+            built.append(emu.service(kind))
+            return built[-1]
+
+        service = emu.service(kind)
+        bare = await run(service, scenario(service))
+        primary = emu.service(kind)
+        wrapped = await run(wrap(primary, backup, standby="cold"), scenario(primary))
+    assert bare.words and not built
+    assert_same_frames(bare, wrapped, merge_audio=kind.endswith("_http"))
+
+
 async def test_real_http_service_without_word_timestamps_speaks_text_after_audio():
     async with emulators() as emu:
         runs = await bare_and_wrapped(

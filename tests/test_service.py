@@ -3,19 +3,25 @@
 import pytest
 from pipecat.frames.frames import (
     AggregatedTextFrame,
+    EndFrame,
     ErrorFrame,
+    Frame,
     InterruptionFrame,
     LLMAssistantPushAggregationFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    StartFrame,
     TTSAudioRawFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
     TTSTextFrame,
+    TTSUpdateSettingsFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed, ProcessorSetUp
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.services.settings import TTSSettings
 
 from pipecat_tts_failover import (
     AdaptiveTimeout,
@@ -288,38 +294,45 @@ async def test_observers_are_told_of_the_providers_set_up_and_see_none_of_their_
     assert observer.pushed_by and not observer.pushed_by & set(services.values())
 
 
-class AudioPushObserver(BaseObserver):
-    """Records each chunk of audio pushed, with who pushed it to whom."""
+_LIFECYCLE = (StartFrame, EndFrame)
+
+
+class PushObserver(BaseObserver):
+    """Records each frame pushed downstream, with who pushed it to whom."""
 
     def __init__(self):
         super().__init__()
         self.pushes: list[FramePushed] = []
 
     async def on_push_frame(self, data: FramePushed):
-        if isinstance(data.frame, TTSAudioRawFrame):
+        if data.direction == FrameDirection.DOWNSTREAM:
             self.pushes.append(data)
 
 
 @pytest.mark.parametrize("push_handler", [False, True])
-async def test_observers_and_push_handlers_see_every_chunk_the_caller_gets(store, push_handler):
-    # Audio goes downstream on a lean path (audio_push.py): observers must still
-    # be told of every chunk, from the wrapper to the next processor, in order;
-    # with an on_before_push_frame handler registered, pipecat's own push runs.
-    observer = AudioPushObserver()
+async def test_observers_and_push_handlers_see_every_frame_the_caller_gets(store, push_handler):
+    # Speech goes downstream on a lean path (downstream_push.py): observers must
+    # still be told of every frame, from the wrapper to the next processor, in
+    # order; with an on_before_push_frame handler registered, pipecat's own push runs.
+    observer = PushObserver()
     tts = failover(providers(None, None), store)
-    before: list[TTSAudioRawFrame] = []
+    before: list[Frame] = []
     if push_handler:
 
         @tts.event_handler("on_before_push_frame")
         async def on_before_push_frame(processor, frame):
-            if isinstance(frame, TTSAudioRawFrame):
-                before.append(frame)
+            before.append(frame)
 
     h = await speak_all(tts, SENTENCES[:2], observers=[observer])
-    by_wrapper = [d for d in observer.pushes if d.source is tts]
-    assert [d.frame for d in by_wrapper] == h.audio
-    assert h.audio and all(d.destination is tts.next for d in by_wrapper)
-    assert before == (h.audio if push_handler else [])
+    # The harness records what reaches downstream between the StartFrame and the EndFrame.
+    by_wrapper = [
+        d for d in observer.pushes if d.source is tts and not isinstance(d.frame, _LIFECYCLE)
+    ]
+    assert [d.frame for d in by_wrapper] == h.down
+    assert h.audio and h.of(TTSTextFrame) and h.of(TTSStoppedFrame)
+    assert all(d.destination is tts.next for d in by_wrapper)
+    before = [f for f in before if not isinstance(f, _LIFECYCLE)]
+    assert before == (h.down if push_handler else [])
 
 
 async def test_the_end_of_a_call_waits_for_speech_that_keeps_coming_however_long(
@@ -753,6 +766,139 @@ async def test_cold_standby_starts_the_backup_only_when_it_is_needed(store, stan
     # Cold, the backup is started at the failover, and the caller still hears everything once.
     assert heard(h) == ALL_WORDS
     assert failing["secondary"].starts == 1
+
+
+class _Events:
+    """A listener that keeps every failover event."""
+
+    def __init__(self):
+        self.events: list = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+
+def _factory(built: list, **kwargs):
+    """A factory of a scripted service that keeps what it built."""
+
+    def make() -> ScriptedTTSService:
+        built.append(_CountingStarts(**kwargs))
+        return built[-1]
+
+    return make
+
+
+@pytest.mark.parametrize("standby", ["warm", "cold"])
+async def test_a_provider_given_as_a_factory_is_built_when_the_call_first_needs_it(store, standby):
+    built: list[_CountingStarts] = []
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, name="primary"),
+        "secondary": _factory(built, provider_index=1, name="secondary"),
+    }
+    tts = failover(services, store, standby=standby)
+    # Warm: built with the processor, as a service given as such would be.
+    assert len(built) == (1 if standby == "warm" else 0)
+    h = await speak_all(tts, SENTENCES[:2])
+    assert heard(h) == SENTENCES[0].split() + SENTENCES[1].split()
+    # Cold, a healthy call never builds its backup.
+    assert len(built) == (1 if standby == "warm" else 0)
+    assert list(tts.services) == (["primary", "secondary"] if standby == "warm" else ["primary"])
+    assert tts.processors == list(tts.services.values())
+
+    built.clear()
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, name="primary", faults=plan({1: "hang"})),
+        "secondary": _factory(built, provider_index=1, name="secondary"),
+    }
+    tts = failover(services, InMemoryHealthStore(), standby=standby)
+    h = await speak_turns(tts)
+    # Built once, at the failover when cold; the caller hears everything once.
+    assert heard(h) == ALL_WORDS
+    assert len(built) == 1 and built[0].starts == 1
+    assert tts.services["secondary"] is built[0]
+
+
+@pytest.mark.parametrize("made", ["raises", "not-a-service"])
+async def test_a_factory_that_gives_no_service_leaves_its_provider_out_of_the_call(store, made):
+    # The primary fails the second sentence; the secondary's factory fails; the
+    # tertiary speaks what is owed at once (no first-audio deadline spent on a
+    # provider with no service), and the secondary's health is not touched.
+    def secondary():
+        if made == "raises":
+            raise RuntimeError("CARTESIA_API_KEY is not set")
+        return object()
+
+    events = _Events()
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, name="primary", faults=plan({1: "error"})),
+        "secondary": secondary,
+        "tertiary": ScriptedTTSService(provider_index=2, name="tertiary"),
+    }
+    # A first-audio deadline longer than speak_turns waits for a sentence.
+    tts = failover(services, store, standby="cold", alerters=[events], first_audio_timeout=10)
+    h = await speak_turns(tts, SENTENCES[:3])
+    assert heard(h) == [w for s in SENTENCES[:3] for w in s.split()]
+    assert [who for _, who in decode_audio(h.audio, VOCABULARY)][-1] == 2
+    assert "secondary" not in tts.services
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+    health = await store.get(["secondary"])
+    assert health["secondary"].down_until is None
+    excused = [e for e in events.events if type(e).__name__ == "FailureExcused"]
+    assert [(e.provider_id, e.cause) for e in excused] == [("secondary", "no_service")]
+
+
+async def test_all_providers_failing_name_a_factory_that_gave_no_service(store):
+    def secondary():
+        raise RuntimeError("CARTESIA_API_KEY is not set")
+
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, name="primary", faults=plan({0: "error"})),
+        "secondary": secondary,
+    }
+    async with PipelineHarness(failover(services, store, standby="cold")) as h:
+        await h.send(TTSSpeakFrame(SENTENCES[0]))
+        await h.wait_for(lambda: any(isinstance(f, ErrorFrame) for f in h.up))
+    errors = [f for f in h.up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1
+    assert "secondary (unusable: CARTESIA_API_KEY is not set)" in errors[0].error
+
+
+async def test_settings_sent_before_a_factory_is_called_reach_the_service_it_builds(store):
+    built: list[_CountingStarts] = []
+    services = {
+        "primary": ScriptedTTSService(provider_index=0, name="primary", faults=plan({1: "hang"})),
+        "secondary": _factory(built, provider_index=1, name="secondary"),
+    }
+    tts = failover(services, store, standby="cold")
+    async with PipelineHarness(tts) as h:
+        await h.send(
+            TTSUpdateSettingsFrame(delta=TTSSettings(voice="calm"), reach_inactive_services=True)
+        )
+        for i, sentence in enumerate(SENTENCES[:2]):
+            await h.send(TTSSpeakFrame(sentence))
+            await h.wait_for(lambda i=i: len(h.of(TTSStoppedFrame)) > i)
+    assert len(built) == 1
+    assert tts.services["primary"]._settings.voice == "calm"
+    assert built[0]._settings.voice == "calm"
+
+
+def test_a_factory_needs_a_provider_id_and_warm_standby_calls_it_at_once():
+    with pytest.raises(TypeError, match="factory needs a provider id"):
+        FailoverTTSService(services=[ScriptedTTSService(), lambda: ScriptedTTSService()])
+    with pytest.raises(TypeError, match="not a pipecat TTSService"):
+        FailoverTTSService(services={"a": ScriptedTTSService(), "b": ScriptedTTSService})
+
+    def broken():
+        raise RuntimeError("no key")
+
+    # Warm standby builds every service with the processor: a broken factory fails here.
+    with pytest.raises(RuntimeError, match="no key"):
+        FailoverTTSService(services={"a": ScriptedTTSService(), "b": broken})
+    with pytest.raises(TypeError, match="returned int"):
+        FailoverTTSService(services={"a": ScriptedTTSService(), "b": lambda: 3})
+    a = ScriptedTTSService()
+    with pytest.raises(ValueError, match="returned another provider's service"):
+        FailoverTTSService(services={"a": a, "b": lambda: a})
 
 
 def test_standby_must_be_warm_or_cold():

@@ -1,7 +1,6 @@
 """StoreWriter: health-store writes made from a background task, never on the audio path."""
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from loguru import logger
@@ -26,7 +25,9 @@ class StoreWriter:
 
     def __init__(self, name: str, *, max_pending: int = 256, timeout: float = 2.0):
         self._name = name
-        self._pending: deque[Write] = deque()
+        # A list, not a deque: a call queues a write or two at a time, and an
+        # empty deque holds a 64-slot block (about 600 bytes) for every call.
+        self._pending: list[Write] = []
         self._max_pending = max_pending
         self._timeout = timeout
         self._task: asyncio.Task | None = None
@@ -79,7 +80,7 @@ class StoreWriter:
     async def _run(self):
         pending = self._pending
         while pending:
-            write = pending.popleft()
+            write = pending.pop(0)
             try:
                 async with asyncio.timeout(self._timeout):
                     await write()

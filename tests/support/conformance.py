@@ -308,8 +308,10 @@ async def run(
     return Recording(list(h.down), list(h.up))
 
 
-def wrap(primary: TTSService, backup: TTSService, **kwargs) -> FailoverTTSService:
-    """``primary`` and ``backup`` inside a FailoverTTSService with a store of its own."""
+def wrap(
+    primary: TTSService, backup: TTSService | Callable[[], TTSService], **kwargs
+) -> FailoverTTSService:
+    """``primary`` and ``backup`` (or its factory) inside a FailoverTTSService with a store of its own."""
     return FailoverTTSService(
         services={"primary": primary, "backup": backup},
         store=kwargs.pop("store", InMemoryHealthStore()),

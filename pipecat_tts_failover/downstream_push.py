@@ -1,17 +1,17 @@
-"""Passing a chunk of audio downstream as pipecat's ``push_frame`` does, without its per-frame extras.
+"""Passing a frame downstream as pipecat's ``push_frame`` does, without its per-frame extras.
 
-Every chunk of a healthy call is pushed twice: by the provider's service to
-FailoverTTSService, and by FailoverTTSService to the next processor. The first
-push is the service's own; the second is the wrapper's cost. pipecat's
-``FrameProcessor.push_frame`` spends most of a chunk's time on work that
-changes nothing here: lookups for ``on_before_push_frame`` and
+Every frame of a healthy call's speech is pushed twice: by the provider's
+service to FailoverTTSService, and by FailoverTTSService to the next
+processor. The first push is the service's own; the second is the wrapper's
+cost. pipecat's ``FrameProcessor.push_frame`` spends most of a frame's time on
+work that changes nothing here: lookups for ``on_before_push_frame`` and
 ``on_after_push_frame`` handlers, the set-up's observer and clock read through
 a Python-level ``__getattribute__``, and a trace line formatted whether or not
-trace logging is on. :class:`AudioPusher` reads once at set-up what reaches
-the pipeline (the observers, told of the push, then the next processor, which
-queues the frame), for its owner to push with no call in between, and says
-when only ``push_frame`` will do: a handler registered for those events, or
-no next processor.
+trace logging is on. :class:`DownstreamPusher` reads once at set-up what
+reaches the pipeline (the observers, told of the push, then the next
+processor, which queues the frame), pushes with nothing else, or lets its
+owner push a chunk of audio inline, and says when only ``push_frame`` will do:
+a handler registered for those events, or no next processor.
 """
 
 from pipecat.frames.frames import Frame
@@ -23,12 +23,13 @@ from pipecat.utils.errors import ErrorCategory
 DOWNSTREAM = FrameDirection.DOWNSTREAM
 
 
-class AudioPusher:
-    """What pushing downstream from one processor needs, read once, for its owner to push inline.
+class DownstreamPusher:
+    """What pushing downstream from one processor needs, read once: pushes lean, or lets its owner.
 
-    The owner pushes as ``push_frame`` does, with no call in between (a
-    coroutine per chunk is an allocation the garbage collector counts): it
-    tells :attr:`observer` of :meth:`pushed`, then queues the frame to
+    :meth:`push` pushes a frame as ``push_frame`` does. On the audio path the
+    owner can push inline instead, with no call in between (a coroutine per
+    chunk is an allocation the garbage collector counts): it tells
+    :attr:`observer` of :meth:`pushed`, then queues the frame to
     :meth:`destination`, and reports an exception of either with
     :meth:`failed`; where :meth:`destination` is None, it calls ``push_frame``.
 
@@ -80,6 +81,19 @@ class AudioPusher:
             direction=DOWNSTREAM,
             timestamp=self._clock.get_time(),
         )
+
+    async def push(self, frame: Frame):
+        """Push a frame downstream as the processor's ``push_frame`` would, without its extras."""
+        destination = self.destination()
+        if destination is None:
+            await self._processor.push_frame(frame, DOWNSTREAM)
+            return
+        try:
+            if (observer := self.observer) is not None:
+                await observer.on_push_frame(self.pushed(frame, destination))
+            await destination.queue_frame(frame, DOWNSTREAM)
+        except Exception as e:  # noqa: BLE001 - reported as push_frame reports it
+            await self.failed(e)
 
     async def failed(self, error: Exception):
         """Report an exception of the observers or the next processor, as ``push_frame`` does."""
