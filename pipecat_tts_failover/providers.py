@@ -83,9 +83,13 @@ def resolve_services(
             f"not {type(services).__name__}"
         )
     for pid, svc in pairs:
-        if isinstance(svc, TTSService) or (pid and callable(svc) and not isinstance(svc, type)):
+        if isinstance(svc, TTSService):
             continue
-        if pid is None and callable(svc) and not isinstance(svc, type):
+        # A factory is a function, not a class (a class is callable, and is a mistake here).
+        is_factory = callable(svc) and not isinstance(svc, type)
+        if is_factory and pid:
+            continue
+        if is_factory:
             raise TypeError(
                 "services holds a factory; a factory needs a provider id: pass a dict, "
                 'e.g. {"cartesia": primary, "elevenlabs": make_backup}'
