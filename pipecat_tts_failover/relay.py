@@ -488,6 +488,10 @@ class Relay:
                 stolen=self._hooks.stolen,
             )
             hedge_watch.limit_stall(link.stall_limit)
+            if link.service is None:
+                # Its factory gave no service (logged): the hedge fails now.
+                self._on_hedge_failure(hedge_watch, FailureReason.UNUSABLE, link.attach_error)
+                return
             for frame in self._replay_frames():
                 await link.send(frame)
 

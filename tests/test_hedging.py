@@ -4,7 +4,7 @@ import pytest
 from pipecat.frames.frames import TTSSpeakFrame, TTSStoppedFrame
 
 from pipecat_tts_failover import FailoverTTSService, FailureReason, InMemoryHealthStore
-from pipecat_tts_failover.events import ProviderSlow
+from pipecat_tts_failover.events import ProviderSlow, SentenceAttempted
 from pipecat_tts_failover.latency import (
     AdaptiveTimeout,
     HedgeBudget,
@@ -272,3 +272,35 @@ async def test_a_fresh_worker_starts_with_the_fleets_latency_view():
     tts = FailoverTTSService(services=services(primary_ttfb=0.03), store=store)
     async with PipelineHarness(tts):
         assert stats_for(store)["primary"].latency.samples == samples
+
+
+async def test_a_hedge_on_a_factory_that_gives_no_service_fails_at_once_and_the_primary_speaks():
+    # Cold standby, the backup a factory that raises: the hedge fails as soon as
+    # it is tried (its provider has no service), and the slow primary, left as the
+    # last resort, is waited for and heard; the backup's health is not touched.
+    def backup():
+        raise RuntimeError("ELEVENLABS_API_KEY is not set")
+
+    store = InMemoryHealthStore()
+    primary = ScriptedTTSService(provider_index=0, ttfb=0.5)
+    recorder = Recorder()
+    tts = FailoverTTSService(
+        services={"primary": primary, "backup": backup},
+        store=store,
+        first_audio_timeout=3.0,
+        hedge_after=0.1,
+        standby="cold",
+        alerters=[recorder],
+    )
+    h = await speak(tts, 2)
+    assert heard(h) == [(w, 0) for w in WORDS] * 2
+    assert primary.requests == [SENTENCE, SENTENCE]
+    assert list(tts.services) == ["primary"]
+    assert (await store.get(["backup"]))["backup"].down_until is None
+    # The hedge's failure is the first sentence's, reported with it (not found
+    # only when the next sentence asks which providers are usable).
+    attempts = [e for e in recorder.events if isinstance(e, SentenceAttempted)]
+    assert [(e.provider_id, e.reason) for e in attempts[:2]] == [
+        ("backup", FailureReason.UNUSABLE),
+        ("primary", None),
+    ]
