@@ -115,17 +115,17 @@ class ProviderLink:
     interruption coming out of it is dropped, so nothing of abandoned speech
     reaches the listener.
 
-    A provider on cold standby may be given as a factory: the link then has
-    no service until :meth:`attach` (see ``FailoverTTSService``). Until then
-    frames handed to it are dropped and its lifecycle never comes out.
+    The service is linked with :meth:`attach`; a provider on cold standby
+    given as a factory has none until the call needs it (see
+    ``FailoverTTSService``). Until then frames handed to the link are dropped
+    and its lifecycle never comes out.
 
     Args:
         provider_id: The normalized provider id.
-        service: The provider's pipecat TTS service, or None until attached.
         stats: What the process has learned of the provider (its speech rate).
     """
 
-    def __init__(self, provider_id: str, service: TTSService | None, stats: ProviderStats):
+    def __init__(self, provider_id: str, stats: ProviderStats):
         self.provider_id = provider_id
         self.stats = stats
         self._listener: LinkListener | None = None
@@ -151,8 +151,6 @@ class ProviderLink:
         self._lifecycle: dict[int, asyncio.Event] = {}
         # The text of the request the listener is told of (as the service sends it).
         self.request_text = ""
-        if service is not None:
-            self.attach(service)
 
     def attach(self, service: TTSService):
         """Link the provider's service: what it pushes comes to this link."""

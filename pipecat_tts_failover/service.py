@@ -353,15 +353,10 @@ class FailoverTTSService(BasePipeline):
                 )
         self._listeners: list[FailoverListener] = listeners
 
-        self._links = {
-            pid: ProviderLink(
-                pid, given if isinstance(given, TTSService) else None, self._speed.stats(pid)
-            )
-            for pid, given in resolved.items()
-        }
-        for link in self._links.values():
-            if link.service is not None:
-                _claim(link.service, self)
+        self._links = {pid: ProviderLink(pid, self._speed.stats(pid)) for pid in resolved}
+        for pid, given in resolved.items():
+            if isinstance(given, TTSService):
+                self._adopt(self._links[pid], given)
         self._writer = StoreWriter(str(self))
         self._bypass = QueueBypass(self)
         self._pusher = DownstreamPusher(self)
@@ -392,8 +387,6 @@ class FailoverTTSService(BasePipeline):
         self._settings_for_later: dict[str, list[TTSUpdateSettingsFrame]] = {}
         for link in self._links.values():
             link.listener = self._relay
-            if link.service is not None:
-                link.service.add_event_handler("on_error", self._remember_error)
         self._start_frame: StartFrame | None = None
         self._pipeline_setup: FrameProcessorSetup | None = None
 
@@ -483,16 +476,20 @@ class FailoverTTSService(BasePipeline):
         try:
             others = [other.service for other in self._links.values()]
             service = _made_by(pid, self._factories[pid], others)
-            _claim(service, self)
+            self._adopt(link, service)
         except Exception as e:  # noqa: BLE001 - the app's factory: any error it raises
             link.attach_error = str(e)
             self._last_error[pid] = (ErrorCategory.APPLICATION, link.attach_error)
             logger.error(f"{self}: {pid} has no service: {e}")
             return
-        link.attach(service)
-        service.add_event_handler("on_error", self._remember_error)
         for frame in self._settings_for_later.pop(pid, ()):
             await service.queue_frame(frame)
+
+    def _adopt(self, link: ProviderLink, service: TTSService):
+        """Hold a provider's service: claimed by this processor, linked, its errors remembered."""
+        _claim(service, self)
+        link.attach(service)
+        service.add_event_handler("on_error", self._remember_error)
 
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
