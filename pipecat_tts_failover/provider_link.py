@@ -125,6 +125,26 @@ class ProviderLink:
         stats: What the process has learned of the provider (its speech rate).
     """
 
+    # One per provider of every call: no instance dict.
+    __slots__ = (
+        "_lifecycle",
+        "_listener",
+        "_name",
+        "_outlet",
+        "attach_error",
+        "cancelled",
+        "draining_id",
+        "ended",
+        "provider_id",
+        "request_text",
+        "service",
+        "set_up",
+        "stall_limit",
+        "started",
+        "stats",
+        "word_timestamps",
+    )
+
     def __init__(self, provider_id: str, stats: ProviderStats):
         self.provider_id = provider_id
         self.stats = stats

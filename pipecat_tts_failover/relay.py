@@ -127,6 +127,46 @@ class Relay:
         name: Used in log lines.
     """
 
+    # One per call, held by hundreds of calls at once: no instance dict.
+    __slots__ = (
+        "_announcements",
+        "_context_map",
+        "_cut_words_to_drop",
+        "_deferred_error",
+        "_ending",
+        "_failover",
+        "_hedge",
+        "_hedge_held",
+        "_hedge_task",
+        "_hedge_timer",
+        "_hedge_watch",
+        "_held",
+        "_hooks",
+        "_in_reply",
+        "_last_word_out",
+        "_ledger",
+        "_links",
+        "_lock",
+        "_made_up",
+        "_name",
+        "_open_context",
+        "_order",
+        "_pusher",
+        "_release",
+        "_replaced_announcements",
+        "_report",
+        "_reselect",
+        "_segment_map",
+        "_span_started",
+        "_speaker_changed",
+        "_splice_next_start",
+        "_stop_ahead_context",
+        "_stops_ahead",
+        "_tried",
+        "_watch",
+        "speaker",
+    )
+
     def __init__(self, links: Mapping[str, ProviderLink], hooks: RelayHooks, name: str):
         self._links = links
         self._hooks = hooks

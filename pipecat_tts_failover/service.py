@@ -13,6 +13,10 @@ from pipecat.frames.frames import (
     EndFrame,
     ErrorFrame,
     Frame,
+    FrameProcessorPauseFrame,
+    FrameProcessorPauseUrgentFrame,
+    FrameProcessorResumeFrame,
+    FrameProcessorResumeUrgentFrame,
     InterruptionFrame,
     StartFrame,
     SystemFrame,
@@ -46,6 +50,7 @@ from pipecat_tts_failover.events import (
     ProviderUp,
     SentenceAttempted,
 )
+from pipecat_tts_failover.frame_backlog import FrameBacklog
 from pipecat_tts_failover.health import AttemptVerdict, HealthPolicy, is_blamed
 from pipecat_tts_failover.latency import AdaptiveTimeout, parse_quantile
 from pipecat_tts_failover.link_probe import probe_link
@@ -53,7 +58,6 @@ from pipecat_tts_failover.loop_lag import LoopLagMonitor, loop_lag_monitor
 from pipecat_tts_failover.policy import CallPolicy
 from pipecat_tts_failover.provider_link import ProviderLink, provider_setup, setup_done
 from pipecat_tts_failover.providers import ServiceFactory, normalize_provider_id, resolve_services
-from pipecat_tts_failover.queue_bypass import QueueBypass
 from pipecat_tts_failover.recovery import Probe, ProbeVerdict, Recovery, recovery_for
 from pipecat_tts_failover.relay import Relay, RelayHooks, SentenceReport
 from pipecat_tts_failover.speed import SpeedTracker
@@ -72,8 +76,9 @@ _END_OF_CALL_QUIET = 15.0
 # How long a backup on cold standby may take to connect when it is needed.
 _COLD_START_TIMEOUT = 5.0
 _STANDBY_MODES = ("warm", "cold")
-# Frames that always go through this processor's queues: what it handles itself.
-_QUEUED_FRAMES = (SystemFrame, EndFrame, TTSUpdateSettingsFrame)
+# Pause and resume frames: pipecat's pause of a processor's frames, which the backlog holds.
+_PAUSE_FRAMES = (FrameProcessorPauseFrame, FrameProcessorPauseUrgentFrame)
+_RESUME_FRAMES = (FrameProcessorResumeFrame, FrameProcessorResumeUrgentFrame)
 
 
 class FailoverTTSService(BasePipeline):
@@ -241,7 +246,7 @@ class FailoverTTSService(BasePipeline):
             ValueError: If fewer than two services are given, an id repeats,
                 or a timeout, count or level is out of range.
         """
-        super().__init__(name=name)
+        super().__init__(name=name, enable_direct_mode=True)
         resolved = resolve_services(services)
         self._factories: dict[str, ServiceFactory] = {}
         if first_audio_timeout == "adaptive":
@@ -358,7 +363,6 @@ class FailoverTTSService(BasePipeline):
             if isinstance(given, TTSService):
                 self._adopt(self._links[pid], given)
         self._writer = StoreWriter(str(self))
-        self._bypass = QueueBypass(self)
         self._pusher = DownstreamPusher(self)
         self._policy = CallPolicy(tuple(self._links), self._failure_threshold)
         self._relay = Relay(
@@ -382,6 +386,14 @@ class FailoverTTSService(BasePipeline):
                 stolen=self._stolen_since,
             ),
             str(self),
+        )
+        self._backlog = FrameBacklog(
+            lambda frame, direction, callback: FrameProcessor.queue_frame(
+                self, frame, direction, callback
+            ),
+            spawn=lambda coro, name: self.create_task(coro, name=name),
+            cancel=self.cancel_task,
+            name=f"{self}::backlog",
         )
         # Settings updates for providers whose factory is still to be called.
         self._settings_for_later: dict[str, list[TTSUpdateSettingsFrame]] = {}
@@ -494,6 +506,7 @@ class FailoverTTSService(BasePipeline):
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
         await super().cleanup()
+        await self._backlog.cancel()
         await self._end_probes()
         await self._writer.stop()
         await self._cleanup_processors(
@@ -510,32 +523,37 @@ class FailoverTTSService(BasePipeline):
         direction: FrameDirection = FrameDirection.DOWNSTREAM,
         callback=None,
     ):
-        """Queue a frame, or hand it to the speaking provider at once when nothing waits ahead of it.
+        """Process a frame in the task that pushed it, or queue it behind one that waits.
 
-        The provider's service queues what it is given, as the bare service
-        would. A frame of the call's speech (not a lifecycle, system or
-        settings frame) that finds nothing queued or in hand here, at a moment
-        the relay can pass it on without waiting (no provider to start, no
-        store to read, no failover under way), is processed at once instead of
-        being queued here too: a sentence reaches its provider's service after
-        as many queues as without failover. See :mod:`queue_bypass`.
+        The processor runs in pipecat's direct mode: a frame of the call's
+        speech is handed to the speaking provider's service in the push that
+        brought it, so a sentence crosses as many queues as it would bare. A
+        frame that would have to wait (the call's end, a reply whose provider
+        must be started or the store read first, a failover under way), or
+        that comes behind one that waits, or before the call started, or
+        while the processor is paused, goes to the backlog instead and the
+        push returns at once. System frames never wait. See
+        :mod:`frame_backlog`.
 
         Args:
             frame: The frame.
             direction: Its direction.
-            callback: Called once the frame is processed (such frames are queued).
+            callback: Called once the frame is processed.
         """
-        if (
-            direction is DOWNSTREAM
-            and callback is None
-            and self._start_frame is not None
-            and not isinstance(frame, _QUEUED_FRAMES)
-            and self._bypass.clear()
-            and self._relay.sends_at_once()
-        ):
-            await self._bypass.process(frame, direction)
+        if self._cancelling:
             return
-        await super().queue_frame(frame, direction, callback)
+        if (
+            direction is not DOWNSTREAM
+            or isinstance(frame, SystemFrame)
+            or (
+                self._backlog.idle
+                and not isinstance(frame, EndFrame)
+                and (isinstance(frame, TTSUpdateSettingsFrame) or self._relay.sends_at_once())
+            )
+        ):
+            await super().queue_frame(frame, direction, callback)
+        else:
+            self._backlog.add(frame, direction, callback)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Route a frame: the call's frames to the speaking provider, lifecycle to every one.
@@ -549,7 +567,9 @@ class FailoverTTSService(BasePipeline):
         if isinstance(frame, StartFrame):
             await self._start(frame)
             await self.push_frame(frame, direction)
+            self._backlog.start()
         elif isinstance(frame, CancelFrame):
+            await self._backlog.cancel()
             await self._cancel(frame)
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
@@ -558,11 +578,16 @@ class FailoverTTSService(BasePipeline):
         elif direction == FrameDirection.UPSTREAM:
             await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
+            await self._backlog.interrupt()
             await self._relay.interrupt(frame)
             await self.push_frame(frame, direction)
         elif isinstance(frame, TTSUpdateSettingsFrame):
             await self._route_settings(frame, direction)
         else:
+            if isinstance(frame, _PAUSE_FRAMES) and frame.processor.name == self.name:
+                self._backlog.pause()
+            elif isinstance(frame, _RESUME_FRAMES) and frame.processor.name == self.name:
+                self._backlog.resume()
             await self._relay.send(frame)
 
     async def _start(self, frame: StartFrame):

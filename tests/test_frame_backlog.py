@@ -1,16 +1,22 @@
-"""A sentence skips FailoverTTSService's own queues when nothing waits ahead of it, and only then.
+"""FailoverTTSService processes a frame in the push that brings it, unless one ahead of it waits.
 
-pipecat queues a frame twice in every processor; the provider's service
-queues it as the bare service would, so the wrapper's own two queues are a
-cost the bare service does not have (two loop turns per sentence, tens of
-milliseconds each on a loaded worker).
+It runs in pipecat's direct mode: the provider's service queues what it is
+given, as the bare service would, and the wrapper adds no queue or task of its
+own on a healthy call. A frame that must wait, and those behind it, go to its
+backlog in order (``frame_backlog.py``), so the processor before it is never
+held up; interruptions, cancellation and pipecat's pause frames treat the
+backlog as pipecat treats a processor's own queues.
 """
 
 import asyncio
+from dataclasses import dataclass, field
 
 from pipecat.frames.frames import (
+    CancelFrame,
+    DataFrame,
     FrameProcessorPauseUrgentFrame,
     FrameProcessorResumeUrgentFrame,
+    InterruptionFrame,
     TTSSpeakFrame,
     TTSStoppedFrame,
 )
@@ -63,10 +69,10 @@ async def test_frames_wait_their_turn_while_the_wrapper_is_paused_and_keep_their
     services = _services()
     tts = FailoverTTSService(services=services, store=InMemoryHealthStore())
     async with PipelineHarness(tts) as h:
+        # A system frame: paused when the push returns.
         await tts.queue_frame(FrameProcessorPauseUrgentFrame(processor=tts))
         first, second = TTSSpeakFrame(FIRST), TTSSpeakFrame(SECOND)
         try:
-            await h.wait_for(lambda: tts._FrameProcessor__should_block_frames)
             await tts.queue_frame(first)
             await tts.queue_frame(second)
             # Queued behind the pause: nothing reached the provider yet.
@@ -88,11 +94,13 @@ class _SlowReadStore(InMemoryHealthStore):
         super().__init__()
         self.hang = False
         self.release = asyncio.Event()
+        self.reading = asyncio.Event()
         self.reads_ended = 0
 
     async def get(self, provider_ids):
         try:
             if self.hang:
+                self.reading.set()
                 await self.release.wait()
             return await super().get(provider_ids)
         finally:
@@ -111,4 +119,64 @@ async def test_a_reply_that_must_read_the_store_first_does_not_hold_up_the_proce
         assert store.reads_ended == reads  # the read neither answered nor timed out yet
         store.release.set()
         await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 1)
+    assert _heard(h) == FIRST.split()
+
+
+@dataclass
+class _KeptFrame(DataFrame):
+    """A frame an interruption must not drop."""
+
+    interruptible: bool = field(default=False, init=False)
+
+
+def _arrived(service: _ArrivalsService, *types: type) -> list:
+    return [f for f in service.arrived if isinstance(f, types)]
+
+
+async def test_an_interruption_drops_the_frames_waiting_but_not_those_that_are_not_interruptible():
+    services = _services()
+    tts = FailoverTTSService(services=services, store=InMemoryHealthStore())
+    async with PipelineHarness(tts) as h:
+        await tts.queue_frame(FrameProcessorPauseUrgentFrame(processor=tts))
+        dropped, kept = TTSSpeakFrame(FIRST), _KeptFrame()
+        await tts.queue_frame(dropped)
+        await tts.queue_frame(kept)
+        await tts.queue_frame(InterruptionFrame())
+        await tts.queue_frame(FrameProcessorResumeUrgentFrame(processor=tts))
+        spoken = TTSSpeakFrame(SECOND)
+        await tts.queue_frame(spoken)
+        await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 1)
+    primary = services["primary"]
+    assert _arrived(primary, TTSSpeakFrame, _KeptFrame) == [kept, spoken]
+    assert _heard(h) == SECOND.split()
+
+
+async def test_a_cancelled_call_stops_the_frame_in_hand_and_drops_those_waiting():
+    store = _SlowReadStore()
+    services = _services()
+    tts = FailoverTTSService(services=services, store=store, return_to_primary="immediately")
+    async with PipelineHarness(tts) as h:
+        store.hang = True
+        reads = store.reads_ended
+        await tts.queue_frame(TTSSpeakFrame(FIRST))  # waits on the store read, in the backlog
+        await tts.queue_frame(TTSSpeakFrame(SECOND))  # waits behind it
+        async with asyncio.timeout(5):
+            await store.reading.wait()
+        await tts.queue_frame(CancelFrame())
+        # The read was cancelled under the backlog's task, which is gone.
+        assert store.reads_ended == reads + 1
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{tts}::")]
+        store.release.set()
+        await h.wait_for(lambda: h.of(CancelFrame))
+    assert _arrived(services["primary"], TTSSpeakFrame) == []
+
+
+async def test_a_healthy_call_runs_no_task_of_the_wrapper_s_own():
+    services = _services()
+    tts = FailoverTTSService(services=services, store=InMemoryHealthStore())
+    async with PipelineHarness(tts) as h:
+        await h.send(TTSSpeakFrame(FIRST))
+        await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 1)
+        # The providers' services run their own tasks, as bare; the wrapper none.
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{tts}::")]
     assert _heard(h) == FIRST.split()
