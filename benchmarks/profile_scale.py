@@ -2,7 +2,7 @@
 
 Run from the repo root::
 
-    .venv/bin/python benchmarks/profile_scale.py [--calls 100] [--what cpu,memory,objects]
+    .venv/bin/python benchmarks/profile_scale.py [--calls 100] [--what cpu,memory,objects,floor]
 
 Uses the calls of ``benchmarks/scale.py`` (real-time scripted providers, 3
 sentences a call), bare and wrapped, each in a fresh process:
@@ -16,6 +16,12 @@ sentences a call), bare and wrapped, each in a fresh process:
   frame of the traceback outside asyncio and pipecat's frame plumbing.
 - ``objects``: objects the garbage collector tracks once every call has
   started, by type, per call, wrapped minus bare (what full collections walk).
+- ``floor``: memory held and objects tracked per call once every call has
+  started, for bare, bare followed by a processor that only passes frames on
+  (in direct mode, as FailoverTTSService runs: what any processor added to a
+  call costs), wrapped on cold standby (no backup built) and on warm standby;
+  the differences are what the processor, the package's own state and the
+  warm backup's service each cost.
 
 Prints figures; asserts nothing.
 """
@@ -27,6 +33,7 @@ import gc
 import io
 import json
 import pstats
+import statistics
 import subprocess
 import sys
 import time
@@ -182,7 +189,24 @@ async def objects_run(kind: str, calls: int) -> dict:
     }
 
 
-RUNS = {"cpu": cpu_run, "memory": memory_run, "objects": objects_run}
+async def floor_run(kind: str, calls: int) -> dict:
+    store = InMemoryHealthStore()
+    await prime(kind, store)
+    gc.collect()
+    objects = len(gc.get_objects())
+    tracemalloc.start()
+    traced = tracemalloc.get_traced_memory()[0]
+    group = [Call(kind, store) for _ in range(calls)]
+    await asyncio.gather(*(c.start() for c in group))
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - traced
+    tracemalloc.stop()
+    result = {"kib": held / 1024 / calls, "objects": (len(gc.get_objects()) - objects) / calls}
+    await asyncio.gather(*(c.end() for c in group))
+    return result
+
+
+RUNS = {"cpu": cpu_run, "memory": memory_run, "objects": objects_run, "floor": floor_run}
 
 
 def child(what: str, kind: str, calls: int) -> dict:
@@ -306,6 +330,47 @@ def report_objects(calls: int, top: int):
         print("    " + ", ".join(f"{k} {d / calls:+.0f}" for d, k in diffs[:top]))
 
 
+def report_floor(calls: int, top: int, repeats: int = 3):
+    kinds = ("bare", "pass", "cold", "wrapped")
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for r in range(repeats):
+        for kind in kinds if r % 2 == 0 else reversed(kinds):
+            runs[kind].append(child("floor", kind, calls))
+    median = {
+        kind: {key: statistics.median(run[key] for run in runs[kind]) for key in ("kib", "objects")}
+        for kind in kinds
+    }
+    bare = median["bare"]
+    print(
+        f"\n[floor] held once every call started, per call, median of {repeats} runs each "
+        "(fresh process per run, order alternating)"
+    )
+    labels = {
+        "bare": "bare service",
+        "pass": "bare + a pass-through processor (direct mode)",
+        "cold": "wrapped, cold standby (no backup built)",
+        "wrapped": "wrapped, warm standby",
+    }
+    for kind in kinds:
+        m = median[kind]
+        spread = "-".join(f"{f(run['kib'] for run in runs[kind]):.1f}" for f in (min, max))
+        print(
+            f"  {labels[kind]:<48} {m['kib']:6.1f} KiB ({spread}) x{m['kib'] / bare['kib']:.3f}"
+            f"   {m['objects']:6.0f} objects x{m['objects'] / bare['objects']:.3f}"
+        )
+    parts = (
+        ("a processor in the pipeline (pass - bare)", "pass", "bare"),
+        ("the package's own state (cold - pass)", "cold", "pass"),
+        ("the warm backup's service (warm - cold)", "wrapped", "cold"),
+    )
+    for label, a, b in parts:
+        kib = median[a]["kib"] - median[b]["kib"]
+        objects = median[a]["objects"] - median[b]["objects"]
+        print(
+            f"  {label:<48} {kib:+6.1f} KiB (x{kib / bare['kib']:+.3f})   {objects:+6.0f} objects"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100)
@@ -323,9 +388,12 @@ def main():
         f"profile of {args.calls} concurrent calls, bare and wrapped (warm standby), scale.py's calls"
     )
     for what in args.what.split(","):
-        {"cpu": report_cpu, "memory": report_memory, "objects": report_objects}[what](
-            args.calls, args.top
-        )
+        {
+            "cpu": report_cpu,
+            "memory": report_memory,
+            "objects": report_objects,
+            "floor": report_floor,
+        }[what](args.calls, args.top)
     print(f"\n({time.monotonic() - started:.0f} s)")
 
 

@@ -15,7 +15,10 @@ under its own ``PipelineWorker`` and ``WorkerRunner``; ``tts`` is
 - ``wrapped``: a ``FailoverTTSService`` with that service as the primary and a
   second one idle (``standby="warm"``: its pipeline set up and started with the
   call); ``cold`` (memory only) the same with ``standby="cold"`` and the
-  backup given as a factory (built only if the call fails over).
+  backup given as a factory (built only if the call fails over); ``pass``
+  (``profile_scale.py --what floor``) the bare service followed by a pipecat
+  processor that only passes frames on, in direct mode as FailoverTTSService
+  runs: what any processor added to a call costs.
 
 Every call speaks 3 sentences, each sent once the previous one has been heard.
 Every call is held (started) for the whole run; they start speaking one every
@@ -157,13 +160,26 @@ def make_tts(kind: str, store) -> FrameProcessor:
     )
 
 
+class PassThrough(FrameProcessor):
+    """A processor that only passes every frame on, in direct mode (no task or queue of its own)."""
+
+    def __init__(self):
+        super().__init__(enable_direct_mode=True)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+
 class Call:
     """One call: a pipeline ``[tts, sink]`` under its own worker and runner."""
 
     def __init__(self, kind: str, store):
         self.sink = _Sink()
+        tts = make_tts("bare" if kind == "pass" else kind, store)
+        processors = [tts, PassThrough()] if kind == "pass" else [tts]
         self.worker = PipelineWorker(
-            Pipeline([make_tts(kind, store), self.sink]),
+            Pipeline([*processors, self.sink]),
             cancel_on_idle_timeout=False,
             params=PipelineParams(audio_out_sample_rate=16000),
         )
@@ -409,7 +425,9 @@ def memory_table(results: dict[int, dict[str, dict]]):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", default="10,100,300,500", help="comma-separated call counts")
-    parser.add_argument("--repeats", type=int, default=2, help="bare/wrapped pairs per count (0: memory only)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="bare/wrapped pairs per count (0: memory only)"
+    )
     parser.add_argument(
         "--memory-calls", default="100,500", help="call counts for memory runs ('' for none)"
     )
