@@ -3,7 +3,7 @@
 Run from the repo root::
 
     .venv/bin/python benchmarks/scale.py [--calls 10,100,300,500] [--repeats 2]
-        [--memory-calls 100,500] [--arrival 0.1 | --spread 3]
+        [--memory-calls 100,500] [--arrival 0.1 | --spread 3] [--standby warm|cold]
 
 Each run is a fresh process holding ``N`` concurrent calls on one event loop,
 as one worker of a fleet does. A call is a pipecat pipeline ``[tts, sink]``
@@ -439,6 +439,12 @@ def main():
         type=float,
         help="seconds over which all calls start speaking (overrides --arrival)",
     )
+    parser.add_argument(
+        "--standby",
+        choices=("warm", "cold"),
+        default="warm",
+        help="the wrapped calls' standby in the timing runs (cold: the backup as a factory)",
+    )
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--run", choices=("bare", "wrapped", "cold"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
@@ -469,12 +475,14 @@ def main():
     timing: dict[int, list[dict[str, dict]]] = {}
     if counts and args.repeats > 0:
         print(
-            f"timing: {args.repeats} bare/wrapped pairs per row, fresh process per run, order "
-            "alternating between pairs; median (min-max) over runs, ratios within pairs"
+            f"timing: {args.repeats} bare/wrapped pairs per row (wrapped with "
+            f'standby="{args.standby}"), fresh process per run, order alternating between pairs; '
+            "median (min-max) over runs, ratios within pairs"
         )
         print()
     else:
         counts = []  # memory only
+    wrapped = "cold" if args.standby == "cold" else "wrapped"
     for calls in counts:
         timing[calls] = []
         # Alternating orders (the first from the seed): the second process of a
@@ -483,7 +491,10 @@ def main():
         first = rng.randrange(2)
         for r in range(args.repeats):
             order = list(KINDS) if (r + first) % 2 == 0 else list(reversed(KINDS))
-            pair = {kind: child(kind, calls, spread_for(calls), memory=False) for kind in order}
+            pair = {
+                kind: child(wrapped if kind == "wrapped" else kind, calls, spread_for(calls), False)
+                for kind in order
+            }
             timing[calls].append(pair)
             print(
                 f"  {calls} calls, {' then '.join(order)}: CPU ms/sentence "

@@ -12,8 +12,9 @@ the processor is paused. Every data frame after it joins it there, in order.
 The backlog's task, made when its first frame comes and gone when its last is
 done, processes them one by one.
 
-System frames never wait here: as in any pipecat processor, they go ahead of
-the frames queued. An interruption drops the frames waiting and cancels the
+System frames go ahead of the frames queued, as in any pipecat processor:
+they have a backlog of their own, where they wait, in order, only while the
+relay is held. An interruption drops the data frames waiting and cancels the
 one being processed, except those that are not interruptible, as pipecat's
 own queues do.
 """

@@ -266,6 +266,12 @@ class Relay:
         link = self._links[order[0]] if order else next(iter(self._links.values()))
         return link is speaker or link.started
 
+    def passes_at_once(self) -> bool:
+        """Whether :meth:`send` would hand a system frame over without waiting on anything."""
+        if self._lock.locked():
+            return False
+        return self.speaker is not None or self.sends_at_once()
+
     async def send(self, frame: Frame):
         """Hand a frame to the speaking provider's service."""
         async with self._lock:

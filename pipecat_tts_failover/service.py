@@ -79,6 +79,9 @@ _STANDBY_MODES = ("warm", "cold")
 # Pause and resume frames: pipecat's pause of a processor's frames, which the backlog holds.
 _PAUSE_FRAMES = (FrameProcessorPauseFrame, FrameProcessorPauseUrgentFrame)
 _RESUME_FRAMES = (FrameProcessorResumeFrame, FrameProcessorResumeUrgentFrame)
+# Processed in the push that brings them, whatever waits: the call's start (nothing comes
+# before it), its cancellation, and an interruption (it stops what holds the relay).
+_AT_ONCE_FRAMES = (StartFrame, CancelFrame, InterruptionFrame)
 
 
 class FailoverTTSService(BasePipeline):
@@ -374,7 +377,7 @@ class FailoverTTSService(BasePipeline):
                 order=self._order_for_speech,
                 deadlines=self._speed.deadlines,
                 start_link=self._start_link,
-                spawn=lambda coro, name: self.create_task(coro, name=name),
+                spawn=self._spawn,
                 cancel=self.cancel_task,
                 on_failed=self._sentence_failed,
                 on_failover=lambda f, t, r: self._call_event_handler("on_failover", f, t, r),
@@ -387,13 +390,16 @@ class FailoverTTSService(BasePipeline):
             ),
             str(self),
         )
-        self._backlog = FrameBacklog(
-            lambda frame, direction, callback: FrameProcessor.queue_frame(
-                self, frame, direction, callback
-            ),
-            spawn=lambda coro, name: self.create_task(coro, name=name),
-            cancel=self.cancel_task,
-            name=f"{self}::backlog",
+        # Data frames, and system frames apart: these go ahead of data frames,
+        # as in pipecat's own queues, and wait only while the relay is held.
+        self._backlog, self._system_backlog = (
+            FrameBacklog(
+                self._process_now,
+                spawn=self._spawn,
+                cancel=self.cancel_task,
+                name=f"{self}::{kind}",
+            )
+            for kind in ("backlog", "system-backlog")
         )
         # Settings updates for providers whose factory is still to be called.
         self._settings_for_later: dict[str, list[TTSUpdateSettingsFrame]] = {}
@@ -506,6 +512,7 @@ class FailoverTTSService(BasePipeline):
     async def cleanup(self):
         """Release the providers' services and the store writer. Safe to call twice."""
         await super().cleanup()
+        await self._system_backlog.cancel()
         await self._backlog.cancel()
         await self._end_probes()
         await self._writer.stop()
@@ -532,8 +539,11 @@ class FailoverTTSService(BasePipeline):
         must be started or the store read first, a failover under way), or
         that comes behind one that waits, or before the call started, or
         while the processor is paused, goes to the backlog instead and the
-        push returns at once. System frames never wait. See
-        :mod:`frame_backlog`.
+        push returns at once. System frames go ahead of the data frames
+        waiting; they wait, in a backlog of their own, only while a failover
+        or a reply's start holds the relay, so the processor before this one
+        is not held up then either. The call's start, its cancellation and
+        interruptions are processed at once. See :mod:`frame_backlog`.
 
         Args:
             frame: The frame.
@@ -542,18 +552,29 @@ class FailoverTTSService(BasePipeline):
         """
         if self._cancelling:
             return
-        if (
-            direction is not DOWNSTREAM
-            or isinstance(frame, SystemFrame)
-            or (
-                self._backlog.idle
+        if direction is not DOWNSTREAM or isinstance(frame, _AT_ONCE_FRAMES):
+            at_once = True
+        elif isinstance(frame, SystemFrame):
+            backlog = self._system_backlog
+            at_once = backlog.idle and self._relay.passes_at_once()
+        else:
+            backlog = self._backlog
+            at_once = (
+                backlog.idle
                 and not isinstance(frame, EndFrame)
                 and (isinstance(frame, TTSUpdateSettingsFrame) or self._relay.sends_at_once())
             )
-        ):
+        if at_once:
             await super().queue_frame(frame, direction, callback)
         else:
-            self._backlog.add(frame, direction, callback)
+            backlog.add(frame, direction, callback)
+
+    async def _process_now(self, frame: Frame, direction: FrameDirection, callback):
+        """Process a frame in this task, as pipecat's direct mode does (its events, its errors)."""
+        await FrameProcessor.queue_frame(self, frame, direction, callback)
+
+    def _spawn(self, coroutine, name: str) -> asyncio.Task:
+        return self.create_task(coroutine, name=name)
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         """Route a frame: the call's frames to the speaking provider, lifecycle to every one.
@@ -567,8 +588,10 @@ class FailoverTTSService(BasePipeline):
         if isinstance(frame, StartFrame):
             await self._start(frame)
             await self.push_frame(frame, direction)
+            self._system_backlog.start()
             self._backlog.start()
         elif isinstance(frame, CancelFrame):
+            await self._system_backlog.cancel()
             await self._backlog.cancel()
             await self._cancel(frame)
             await self.push_frame(frame, direction)

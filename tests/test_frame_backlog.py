@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     TTSSpeakFrame,
     TTSStoppedFrame,
+    UserStartedSpeakingFrame,
 )
 
 from pipecat_tts_failover import FailoverTTSService, InMemoryHealthStore
@@ -179,4 +180,26 @@ async def test_a_healthy_call_runs_no_task_of_the_wrapper_s_own():
         await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 1)
         # The providers' services run their own tasks, as bare; the wrapper none.
         assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{tts}::")]
+    assert _heard(h) == FIRST.split()
+
+
+async def test_a_system_frame_waits_on_a_held_relay_in_its_own_backlog_not_in_the_push():
+    # The reply's start holds the relay while it reads the store: a system frame
+    # that comes meanwhile must not hold up the processor before this one.
+    store = _SlowReadStore()
+    services = _services()
+    tts = FailoverTTSService(services=services, store=store, return_to_primary="immediately")
+    async with PipelineHarness(tts) as h:
+        store.hang = True
+        await tts.queue_frame(TTSSpeakFrame(FIRST))
+        async with asyncio.timeout(5):
+            await store.reading.wait()
+        system = UserStartedSpeakingFrame()
+        async with asyncio.timeout(5):  # returns at once; a push held on the relay would hang
+            await tts.queue_frame(system)
+        assert system not in services["primary"].arrived
+        store.release.set()
+        await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 1)
+        assert system in services["primary"].arrived
+        assert system in h.down
     assert _heard(h) == FIRST.split()
