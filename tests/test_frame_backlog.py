@@ -111,8 +111,7 @@ class _SlowReadStore(InMemoryHealthStore):
 async def test_a_reply_that_must_read_the_store_first_does_not_hold_up_the_processor_before():
     # return_to_primary="immediately" reads the store before each reply: the
     # frame is queued, so the push that brought it returns at once.
-    store = _SlowReadStore()
-    tts = FailoverTTSService(services=_services(), store=store, return_to_primary="immediately")
+    store, _, tts = _reading_the_store_before_each_reply()
     async with PipelineHarness(tts) as h:
         store.hang = True
         reads = store.reads_ended
@@ -134,6 +133,25 @@ def _arrived(service: _ArrivalsService, *types: type) -> list:
     return [f for f in service.arrived if isinstance(f, types)]
 
 
+def _reading_the_store_before_each_reply():
+    """A wrapper with return_to_primary="immediately" on a store whose reads can be held."""
+    store, services = _SlowReadStore(), _services()
+    tts = FailoverTTSService(services=services, store=store, return_to_primary="immediately")
+    return store, services, tts
+
+
+def _own_tasks(tts: FailoverTTSService) -> list[asyncio.Task]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{tts}::")]
+
+
+async def _start_a_reply_held_on_the_store(tts: FailoverTTSService, store: _SlowReadStore):
+    """Queue a reply whose start (return_to_primary="immediately") holds the relay on a store read."""
+    store.hang = True
+    await tts.queue_frame(TTSSpeakFrame(FIRST))
+    async with asyncio.timeout(5):
+        await store.reading.wait()
+
+
 async def test_an_interruption_drops_the_frames_waiting_but_not_those_that_are_not_interruptible():
     services = _services()
     tts = FailoverTTSService(services=services, store=InMemoryHealthStore())
@@ -153,20 +171,15 @@ async def test_an_interruption_drops_the_frames_waiting_but_not_those_that_are_n
 
 
 async def test_a_cancelled_call_stops_the_frame_in_hand_and_drops_those_waiting():
-    store = _SlowReadStore()
-    services = _services()
-    tts = FailoverTTSService(services=services, store=store, return_to_primary="immediately")
+    store, services, tts = _reading_the_store_before_each_reply()
     async with PipelineHarness(tts) as h:
-        store.hang = True
         reads = store.reads_ended
-        await tts.queue_frame(TTSSpeakFrame(FIRST))  # waits on the store read, in the backlog
+        await _start_a_reply_held_on_the_store(tts, store)  # in the backlog's task
         await tts.queue_frame(TTSSpeakFrame(SECOND))  # waits behind it
-        async with asyncio.timeout(5):
-            await store.reading.wait()
         await tts.queue_frame(CancelFrame())
         # The read was cancelled under the backlog's task, which is gone.
         assert store.reads_ended == reads + 1
-        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{tts}::")]
+        assert not _own_tasks(tts)
         store.release.set()
         await h.wait_for(lambda: h.of(CancelFrame))
     assert _arrived(services["primary"], TTSSpeakFrame) == []
@@ -179,21 +192,16 @@ async def test_a_healthy_call_runs_no_task_of_the_wrapper_s_own():
         await h.send(TTSSpeakFrame(FIRST))
         await h.wait_for(lambda: len(h.of(TTSStoppedFrame)) == 1)
         # The providers' services run their own tasks, as bare; the wrapper none.
-        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith(f"{tts}::")]
+        assert not _own_tasks(tts)
     assert _heard(h) == FIRST.split()
 
 
 async def test_a_system_frame_waits_on_a_held_relay_in_its_own_backlog_not_in_the_push():
     # The reply's start holds the relay while it reads the store: a system frame
     # that comes meanwhile must not hold up the processor before this one.
-    store = _SlowReadStore()
-    services = _services()
-    tts = FailoverTTSService(services=services, store=store, return_to_primary="immediately")
+    store, services, tts = _reading_the_store_before_each_reply()
     async with PipelineHarness(tts) as h:
-        store.hang = True
-        await tts.queue_frame(TTSSpeakFrame(FIRST))
-        async with asyncio.timeout(5):
-            await store.reading.wait()
+        await _start_a_reply_held_on_the_store(tts, store)
         system = UserStartedSpeakingFrame()
         async with asyncio.timeout(5):  # returns at once; a push held on the relay would hang
             await tts.queue_frame(system)
