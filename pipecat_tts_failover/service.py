@@ -565,7 +565,7 @@ class FailoverTTSService(BasePipeline):
                 and (isinstance(frame, TTSUpdateSettingsFrame) or self._relay.sends_at_once())
             )
         if at_once:
-            await super().queue_frame(frame, direction, callback)
+            await self._process_now(frame, direction, callback)
         else:
             backlog.add(frame, direction, callback)
 

@@ -1,7 +1,6 @@
 """Watching one provider's service speak: its deadlines, its silence, and the verdict."""
 
 import asyncio
-import contextvars
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,8 +120,6 @@ class SpeechWatch:
         "_timeline",
         "_timer",
         "_timer_at",
-        "_timer_callback",
-        "_timer_context",
         "_unspoken_contexts",
         "_word_timestamps",
         "_words_in_segment",
@@ -150,10 +147,6 @@ class SpeechWatch:
         self._word_timestamps = word_timestamps
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        # The deadline timer is re-armed about once a second of speech: one callback
-        # and one context for all its handles (the loop copies a context for each otherwise).
-        self._timer_callback = self._on_timer
-        self._timer_context = contextvars.copy_context()
         self._timer_at = 0.0
         # Requests sent and not yet spoken in full, by audio context: whether
         # each has anything to say (pipecat's rule: letters or digits), in order.
@@ -706,7 +699,7 @@ class SpeechWatch:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
-        self._timer = self._loop.call_at(at, self._timer_callback, context=self._timer_context)
+        self._timer = self._loop.call_at(at, self._on_timer)
 
     def _on_timer(self):
         self._timer = None
